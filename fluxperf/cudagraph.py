@@ -213,7 +213,7 @@ class CudaGraphRunner:
 
     Example:
         >>> runner = CudaGraphRunner(model)  # doctest: +SKIP
-        >>> out = runner(x, t=t)             # records on first call of this signature, replays after
+        >>> out = runner(x, t=t)  # doctest: +SKIP
     """
 
     def __init__(self, fn: Callable, *, backend: GraphBackend | None = None, max_graphs: int = 8, name: str = ""):

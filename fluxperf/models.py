@@ -128,9 +128,9 @@ def _seeded(make, prefix: str, seed: int, device, dtype):
     """Construct on `device` (global RNG seeded, so construction is deterministic too), cast, seeded re-init, eval."""
     import torch
 
-    with _fork_rng(seed), torch.device(device):
+    with _fork_rng(seed), torch.device(device), _quiet_diffusers():
         module = make()
-    module = module.to(dtype=dtype)
+        module = module.to(dtype=dtype)
     seeded_init_(module, seed, prefix)
     return module.eval().requires_grad_(False)
 
@@ -139,7 +139,8 @@ def seeded_init_(module, seed: int, prefix: str = "") -> None:
     """Re-initialize every parameter from (seed, prefix + name) alone, independent of construction order.
 
     Matrices and conv kernels ~ N(0, 1/fan_in) (keeps activations O(1) through 57 blocks); biases 0;
-    other 1-D parameters (norm scales) keep their constructor value (1).
+    other 1-D parameters (norm scales) keep their constructor value (1). Values are drawn in float32 and
+    rounded to the parameter's dtype, so a bf16 model holds exactly the rounded weights of the fp32 one.
     """
     import torch
 
@@ -148,13 +149,28 @@ def seeded_init_(module, seed: int, prefix: str = "") -> None:
             if param.ndim >= 2:
                 gen = torch.Generator(device=param.device).manual_seed(_param_seed(seed, f"{prefix}.{name}"))
                 fan_in = param[0].numel()
-                param.normal_(0.0, fan_in ** -0.5, generator=gen)
+                values = torch.empty(param.shape, dtype=torch.float32, device=param.device)
+                param.copy_(values.normal_(0.0, fan_in ** -0.5, generator=gen))
+                del values
             elif name.endswith("bias"):
                 param.zero_()
 
 
 def _param_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """Silence diffusers' "modules that should be kept in float32: []" notice while casting synthetic models."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,109 @@
+"""A fixed calibration kernel set that measures how fast *this machine* is, independent of our code.
+
+Two "NVIDIA H100 80GB HBM3" ran the same compiled step at ~131 and ~139 ms (shared/DEVICE.md). Timing a
+fixed set of kernels in the same run, before AND after each benchmark, lets a comparison divide out the
+machine's speed: `speed_factor(current, baseline)` is the geometric mean over kernels of
+current_ms / baseline_ms (1.06 = this machine runs the calibration 6% slower), and normalized samples are
+samples / factor. A large before/after difference means the machine changed while we measured.
+
+Kernels: bf16 GEMM 8192^3 (tensor cores, power-bound like the transformer step), fp8 GEMM 8192^3 via
+torch._scaled_mm (sm89+), and a 1 GiB device-to-device copy (HBM bandwidth).
+
+Example:
+    >>> base = {"bf16_gemm": {"ms": 1.40}, "copy": {"ms": 0.70}}
+    >>> cur = {"bf16_gemm": {"ms": 1.47}, "copy": {"ms": 0.735}}
+    >>> round(speed_factor(cur, base), 3)
+    1.05
+    >>> [round(x, 1) for x in normalize([105.0, 106.0], 1.05)]
+    [100.0, 101.0]
+"""
+
+from __future__ import annotations
+
+import math
+
+KERNELS = ("bf16_gemm", "fp8_gemm", "copy")
+GEMM_N = 8192
+COPY_BYTES = 1 << 30
+MAX_DRIFT = 0.05  # before/after calibration differing by more than 5%: the machine changed during the benchmark
+
+
+def speed_factor(current: dict, baseline: dict) -> float | None:
+    """Geometric mean of current_ms / baseline_ms over the kernels both calibrations timed; None if none shared.
+
+    Args:
+        current, baseline: calibration dicts {kernel: {"ms": float, ...}} (see `combine`).
+    """
+    ratios = [current[k]["ms"] / baseline[k]["ms"] for k in KERNELS
+              if k in current and k in baseline and _ok(current[k]) and _ok(baseline[k])]
+    if not ratios:
+        return None
+    return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+
+
+def normalize(samples: list[float], factor: float) -> list[float]:
+    """Samples as they would be on the baseline's machine: samples / factor."""
+    if not (factor and factor > 0 and math.isfinite(factor)):
+        raise ValueError(f"factor={factor!r} must be a finite number > 0 (from speed_factor).")
+    return [x / factor for x in samples]
+
+
+def drift(before: dict, after: dict) -> float:
+    """Largest relative change of any kernel between two calibrations (0 when nothing comparable)."""
+    changes = [abs(after[k]["ms"] / before[k]["ms"] - 1.0) for k in KERNELS
+               if k in before and k in after and _ok(before[k]) and _ok(after[k])]
+    return max(changes, default=0.0)
+
+
+def combine(before: dict, after: dict) -> dict:
+    """Mean of the before and after timings of each kernel (a kernel timed only once keeps that value)."""
+    out = {}
+    for k in KERNELS:
+        vals = [c[k]["ms"] for c in (before, after) if k in c and _ok(c[k])]
+        if vals:
+            out[k] = {"ms": sum(vals) / len(vals)}
+    return out
+
+
+def _ok(entry) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("ms"), (int, float)) and entry["ms"] > 0
+
+
+# -- measuring (GPU) ------------------------------------------------------------------------------------
+def run_calibration(device="cuda", *, rounds: int = 7, reps: int = 5) -> dict:
+    """Time the kernel set on `device`; {kernel: {"ms": per-call median, "tflops" or "tbps": rate}}.
+
+    Each round runs `reps` back-to-back calls (timed with CUDA events) so one round lasts milliseconds.
+    Everything allocated here is freed before returning.
+    """
+    import torch
+
+    from ..timing import time_fn
+
+    out: dict[str, dict] = {}
+    a = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
+    b = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
+    flops = 2 * GEMM_N**3
+    ms = _per_call_ms(lambda: [a @ b for _ in range(reps)], reps, rounds, device, time_fn)
+    out["bf16_gemm"] = {"ms": ms, "tflops": flops / ms / 1e9}
+    if torch.cuda.get_device_capability(device) >= (8, 9):
+        a8 = a.to(torch.float8_e4m3fn)
+        b8 = b.to(torch.float8_e4m3fn).t().contiguous().t()  # _scaled_mm wants the second operand column-major
+        one = torch.ones((), device=device, dtype=torch.float32)
+        fn = lambda: [torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa: E731
+                      for _ in range(reps)]
+        ms = _per_call_ms(fn, reps, rounds, device, time_fn)
+        out["fp8_gemm"] = {"ms": ms, "tflops": flops / ms / 1e9}
+        del a8, b8
+    del a, b
+    src = torch.empty(COPY_BYTES, device=device, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    ms = _per_call_ms(lambda: [dst.copy_(src) for _ in range(reps)], reps, rounds, device, time_fn)
+    out["copy"] = {"ms": ms, "tbps": 2 * COPY_BYTES / ms / 1e9}  # read + write
+    del src, dst
+    torch.cuda.empty_cache()
+    return out
+
+
+def _per_call_ms(fn, reps, rounds, device, time_fn) -> float:
+    return time_fn(fn, warmup=2, rounds=rounds, device=device).median_ms / reps

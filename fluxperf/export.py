@@ -1,0 +1,282 @@
+"""torch.export + AOTInductor packages of the FLUX transformer and VAE decoder, run under CUDA graphs.
+
+flux-fast's export hard-coded 1024x1024 example shapes and sniffed the model kind from class names
+(DESIGN.md, lesson 3). Here every example input comes from fluxperf.shapes for the given ShapeSpec, the
+packages are cached by a full key (fluxperf.export_cache), and the pipeline keeps calling
+`pipe.transformer(...)` / `pipe.vae.decode(...)` as usual: those two entry points are replaced by adapters
+that map the pipeline's keyword call onto the package's fixed positional inputs, check shapes, and cast
+dtypes (the pipelines pass bf16 position ids; the package takes what fluxperf.shapes builds).
+
+Packages are compiled WITHOUT their weights (`aot_inductor.package_constants_in_so=False`); after loading,
+the live module's parameters are handed to the package (`load_constants(..., user_managed=True)`), so no
+second copy of the 24 GB of weights is made and a cached package is valid for any weights of the same model.
+
+Example (on a CUDA machine):
+    >>> from fluxperf.shapes import ShapeSpec            # doctest: +SKIP
+    >>> report = apply_export(pipe, rung("export"), ShapeSpec("schnell", 1024, 1024))  # doctest: +SKIP
+    >>> report["cache"]                                   # doctest: +SKIP
+    {'transformer': 'miss', 'vae_decoder': 'miss'}
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import export_cache as ec
+from .cudagraph import CudaGraphRunner
+from .errors import FluxperfError, RecipeError, UnavailableError
+from .export_call import (
+    TRANSFORMER_INPUTS,
+    ExampleInputs,
+    ExportedTransformerForward,
+    ExportedVaeDecode,
+    TransformerExportModule,
+    VaeDecodeExportModule,
+    transformer_example,
+    vae_example,
+)
+
+__all__ = ["apply_export", "remove_export", "check_exportable", "cache_hooks", "export_program", "compile_package",
+           "load_package", "constants_map", "install_adapters", "inductor_configs_for", "ExportError",
+           "ExportCacheConflictError", "TRANSFORMER_INPUTS", "ExampleInputs", "transformer_example", "vae_example",
+           "TransformerExportModule", "VaeDecodeExportModule"]
+
+_ORIGINAL = "_fluxperf_export_original"  # attribute holding what apply_export replaced
+
+
+class ExportError(FluxperfError, RuntimeError):
+    """Export / AOTInductor packaging cannot proceed (state of the pipeline, missing weights, ...)."""
+
+
+class ExportCacheConflictError(ExportError):
+    """Block caching (cache-dit, diffusers' first-block cache & co.) is active on the pipeline to export."""
+
+
+# -- checks ----------------------------------------------------------------------------------------------
+def cache_hooks(pipe) -> list[str]:
+    """Describe every block-caching mechanism active on `pipe` (empty list: none).
+
+    Looks for diffusers' CacheMixin state (`transformer.is_cache_enabled`), diffusers hook registries
+    (`_diffusers_hook` on the transformer or its blocks) and cache-dit's markers (`_is_cached` on the
+    transformer or on the pipeline class, whose __call__ cache-dit patches).
+    """
+    transformer, found = pipe.transformer, []
+    if getattr(transformer, "is_cache_enabled", False):
+        found.append(f"diffusers {type(transformer._cache_config).__name__} (transformer.enable_cache)")
+    for name, module in transformer.named_modules():
+        registry = module.__dict__.get("_diffusers_hook")
+        hooks = sorted(getattr(registry, "hooks", {}) or {})
+        if hooks:
+            found.append(f"diffusers hooks {hooks} on {'transformer' + ('.' + name if name else '')}")
+    if transformer.__dict__.get("_is_cached") or "_original_forward" in transformer.__dict__:
+        found.append("cache-dit (transformer._is_cached: its forward is patched)")
+    if getattr(type(pipe), "_is_cached", False):
+        found.append(f"cache-dit ({type(pipe).__name__}._is_cached: the pipeline class's __call__ is patched)")
+    return found
+
+
+def check_exportable(pipe) -> None:
+    """Raise ExportCacheConflictError if block caching is active on `pipe`, ExportError if already exported."""
+    found = cache_hooks(pipe)
+    if found:
+        raise ExportCacheConflictError(
+            f"cannot export a pipeline with block caching active: {'; '.join(found)}. Caching decides per step, in "
+            "Python, whether to run the transformer blocks; an AOTInductor package is one opaque compiled graph (and a "
+            "CUDA graph replays fixed kernels), so there is no place for that decision and the cache would silently "
+            "stop working or be bypassed. Fix: disable the cache (cache_dit.disable_cache(pipe) / "
+            "transformer.disable_cache()) before export, or use compile instead of export with caching.")
+    if _ORIGINAL in pipe.transformer.__dict__:
+        raise ExportError("this pipeline's transformer already runs an exported package. "
+                          "Fix: fluxperf.export.remove_export(pipe) first, or reuse the existing report.")
+
+
+def _require_cuda(pipe) -> None:
+    import torch
+
+    device = pipe.transformer.device
+    if not torch.cuda.is_available():
+        raise UnavailableError("AOTInductor export", "no CUDA device is available (export on CPU is not a supported "
+                               "rung: packages and CUDA graphs are built for one GPU)",
+                               "run on a CUDA machine, or use a CPU rung (see fluxperf.ladder.CPU_RUNGS)")
+    if device.type != "cuda":
+        raise UnavailableError("AOTInductor export", f"the transformer is on {device}, not on a CUDA device",
+                               "move the pipeline first: pipe.to('cuda')")
+
+
+# -- the steps -------------------------------------------------------------------------------------------
+def inductor_configs_for(recipe) -> dict[str, Any]:
+    """AOTInductor's `inductor_configs`: the recipe's inductor flags, plus packaging without weights."""
+    return {**recipe.inductor_flags.options(), "aot_inductor.package_constants_in_so": False}
+
+
+def export_program(module, example: ExampleInputs, *, strict: bool = False):
+    """torch.export.export(module, example.args) under no_grad.
+
+    Args:
+        module: TransformerExportModule or VaeDecodeExportModule (positional tensor inputs, one tensor out).
+        example: inputs from transformer_example / vae_example.
+        strict: torch.export strict mode (False: trace the Python as is; diffusers needs that).
+    """
+    import torch
+
+    with torch.no_grad():
+        return torch.export.export(module, example.args, strict=strict)
+
+
+def compile_package(program, path: str, inductor_configs: dict[str, Any]) -> str:
+    """AOTInductor-compile an ExportedProgram into the .pt2 file `path`; configs are scoped to this call."""
+    import torch._inductor
+
+    return torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                    inductor_configs=dict(inductor_configs))
+
+
+def constants_map(module) -> dict:
+    """FQN -> tensor of every parameter and buffer (the names AOTInductor uses for the package's constants)."""
+    out = dict(module.named_parameters(remove_duplicate=False))
+    out.update(module.named_buffers(remove_duplicate=False))
+    return out
+
+
+def load_package(path: str | Path, module, *, single_threaded: bool):
+    """Load a .pt2 package and hand it the live weights of `module` (no copy: user_managed).
+
+    Args:
+        path: the package.
+        module: the wrapper module it was exported from (its parameter names are the package's constant names).
+        single_threaded: aoti_load_package(run_single_threaded=...): True is required for CUDA-graph capture.
+
+    Raises:
+        ExportError: the package needs constants the module does not have (names listed).
+    """
+    import torch._inductor
+
+    loaded = torch._inductor.aoti_load_package(str(path), run_single_threaded=single_threaded)
+    available = constants_map(module)
+    wanted = list(loaded.get_constant_fqns())
+    missing = [n for n in wanted if n not in available]
+    if missing:
+        raise ExportError(
+            f"package {path} needs {len(missing)} constants the live module does not have, e.g. {missing[:5]}; the "
+            f"module has e.g. {list(available)[:5]}. This happens when weights are tensor subclasses (torchao "
+            "quantization) whose exported constants are flattened. Fix: delete the package and rebuild; if it "
+            "persists, export without quantize.kind='float8'.")
+    loaded.load_constants({n: available[n] for n in wanted}, check_full_update=True, user_managed=True)
+    return loaded
+
+
+def _package(component: str, module, example: ExampleInputs, spec, recipe, cache_dir: Path,
+             cudagraphs: bool) -> tuple[Any, dict]:
+    """Build (or reuse) and load one package; return (runner, facts for the report)."""
+    configs = inductor_configs_for(recipe)
+    inner = module.transformer if component == "transformer" else module.vae
+    key = ec.make_key(component, spec, str(next(inner.parameters()).dtype), ec.recipe_graph_parts(recipe, configs),
+                      ec.module_fingerprint(inner))
+
+    def build(tmp_path: str) -> None:
+        compile_package(export_program(module, example), tmp_path, configs)
+
+    path, status, build_s = ec.get_or_build(cache_dir, key, build, inputs=example.signature(), spec=vars(spec),
+                                            inductor_configs=configs, recipe=recipe.to_dict())
+    start = time.perf_counter()
+    loaded = load_package(path, module, single_threaded=cudagraphs)
+    load_s = time.perf_counter() - start
+    runner = CudaGraphRunner(loaded, name=component, max_graphs=4) if cudagraphs else loaded
+    facts = {"path": str(path), "cache": status, "build_s": round(build_s, 3), "load_s": round(load_s, 3),
+             "key": key.as_dict(), "runner": runner, "module": module}
+    return runner, facts
+
+
+# -- public entry point ----------------------------------------------------------------------------------
+def apply_export(pipe, recipe, spec, *, cache_dir=None) -> dict:
+    """Export / AOTInductor-compile (or load from cache) the transformer and, if recipe.export.vae, the VAE
+    decoder for `spec`, and make the pipeline run them (under CUDA graphs if recipe.export.cudagraphs).
+
+    Args:
+        pipe: a FluxPipeline / FluxKontextPipeline on a CUDA device.
+        recipe: fluxperf.recipe.Recipe with export.enabled (its inductor flags become inductor_configs).
+        spec: fluxperf.shapes.ShapeSpec of the calls to come (variant, height, width, batch, text length).
+        cache_dir: package cache (default: recipe.export.cache_dir, $FLUXPERF_CACHE, ~/.cache/fluxperf/aoti).
+
+    Returns:
+        {"packages": {component: path}, "cache": {component: "hit"|"miss"}, "build_s": {...}, "load_s": {...},
+         "cudagraphs": bool, "runners": {component: CudaGraphRunner or loaded package}, "spec": spec.key(),
+         "keys": {component: key dict}}
+
+    Raises:
+        ExportCacheConflictError: block caching is active on the pipeline.
+        UnavailableError: no CUDA (export on CPU is not a supported rung).
+        RecipeError: export not enabled in the recipe, or spec.variant does not match the pipeline.
+
+    Example:
+        >>> report = apply_export(pipe, rung("export"), ShapeSpec("dev", 768, 1360), cache_dir="/tmp/aoti")  # doctest: +SKIP
+        >>> report["runners"]["transformer"].stats.replays  # doctest: +SKIP
+        0
+    """
+    from .model_configs import dims_of_pipeline
+    from .models import variant_of
+
+    if not recipe.export.enabled:
+        raise RecipeError(f"apply_export got recipe {recipe.name!r} with export.enabled=False. "
+                          "Fix: use the 'export' rung or set export.enabled=True.")
+    check_exportable(pipe)
+    _require_cuda(pipe)
+    variant = variant_of(pipe)
+    if spec.variant != variant:
+        raise RecipeError(f"spec.variant={spec.variant!r} but the pipeline is {variant!r} (its inputs differ: guidance, "
+                          f"image tokens). Fix: ShapeSpec({variant!r}, {spec.height}, {spec.width}, batch={spec.batch}).")
+    cache_dir = Path(cache_dir or recipe.export.cache_dir or ec.default_cache_dir()).expanduser()
+    dims, cudagraphs = dims_of_pipeline(pipe), recipe.export.cudagraphs
+    t = pipe.transformer
+    t_example = transformer_example(spec, dims, device=t.device, dtype=t.dtype)
+    t_runner, t_facts = _package("transformer", TransformerExportModule(t), t_example, spec, recipe, cache_dir,
+                                 cudagraphs)
+    facts = {"transformer": t_facts}
+    v_runner = v_example = None
+    if recipe.export.vae:
+        vae = pipe.vae
+        v_example = vae_example(spec, dims, device=vae.device, dtype=vae.dtype)
+        v_runner, facts["vae_decoder"] = _package("vae_decoder", VaeDecodeExportModule(vae), v_example, spec, recipe,
+                                                  cache_dir, cudagraphs)
+    install_adapters(pipe, spec, t_runner, t_example, v_runner, v_example)
+    return {
+        "packages": {c: f["path"] for c, f in facts.items()},
+        "cache": {c: f["cache"] for c, f in facts.items()},
+        "build_s": {c: f["build_s"] for c, f in facts.items()},
+        "load_s": {c: f["load_s"] for c, f in facts.items()},
+        "cudagraphs": cudagraphs,
+        "runners": {c: f["runner"] for c, f in facts.items()},
+        "spec": spec.key(),
+        "cache_dir": str(cache_dir),
+        "keys": {c: f["key"] for c, f in facts.items()},
+        "_modules": {c: f["module"] for c, f in facts.items()},  # keep the weights the packages use alive
+    }
+
+
+def install_adapters(pipe, spec, transformer_runner, transformer_ex: ExampleInputs, vae_runner=None,
+                     vae_ex: ExampleInputs | None = None) -> None:
+    """Point `pipe.transformer.forward` (and `pipe.vae.decode`) at runners that take the package's positional
+    inputs. Works with any callable runner (a loaded package, a CudaGraphRunner, or an eager module in tests)."""
+    check_exportable(pipe)
+    t = pipe.transformer
+    t.__dict__[_ORIGINAL] = t.__dict__.get("forward")
+    t.forward = ExportedTransformerForward(transformer_runner, transformer_ex, spec)
+    if vae_runner is not None:
+        pipe.vae.__dict__[_ORIGINAL] = pipe.vae.__dict__.get("decode")
+        pipe.vae.decode = ExportedVaeDecode(vae_runner, vae_ex, spec)
+
+
+def remove_export(pipe) -> bool:
+    """Undo install_adapters / apply_export: the modules run their own forward/decode again. True if undone."""
+    undone = False
+    for module, attr in ((pipe.transformer, "forward"), (pipe.vae, "decode")):
+        if _ORIGINAL in module.__dict__:
+            previous = module.__dict__.pop(_ORIGINAL)
+            if previous is None:
+                module.__dict__.pop(attr, None)
+            else:
+                setattr(module, attr, previous)
+            undone = True
+    return undone

@@ -1,0 +1,198 @@
+"""The nightly history: one JSON line per (nightly run, benchmark), appended atomically.
+
+Each line holds the nightly date, run id and attempt (a confirming re-run is attempt 2 of the same date),
+versions (torch, torchao, ...), GPU, the baseline it was compared with, the median and a summary of the
+per-round samples (the samples themselves, capped, so later decisions can re-test them), and the verdict of
+`decide()` against the baseline.
+
+Example:
+    >>> entries = entries_from_benchmark_json(json_doc, date="2026-11-22", run_id="n1")  # doctest: +SKIP
+    >>> append_entries("history.jsonl", entries)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+
+from ._io import atomic_write, locked
+from .decide import decide
+
+SCHEMA = 1
+MAX_SAMPLES = 1000  # per entry; enough for any Mann-Whitney re-test, bounded file growth
+_MS = 1e3  # pytest-benchmark stores seconds
+
+
+def entries_from_benchmark_json(doc: dict, *, date: str, run_id: str, attempt: int = 1,
+                                baselines: dict[str, dict] | None = None, baseline_id: str | None = None,
+                                versions: dict | None = None, gpu: str | None = None) -> list[dict]:
+    """History entries (one per benchmark) from one pytest-benchmark JSON document.
+
+    Args:
+        doc: the parsed `--benchmark-json` file ("benchmarks", "machine_info", "commit_info").
+        date: the nightly's date, YYYY-MM-DD.
+        run_id: identifies this nightly run (e.g. the CI run id).
+        attempt: 1 for the nightly, 2+ for confirming re-runs of the same nightly.
+        baselines: benchmark name -> baseline benchmark entry (see `load_baselines`), for the verdict.
+        baseline_id: id of the baseline set (trend plots mark where it changes).
+        versions: package versions; default: machine_info["versions"] or the installed ones.
+        gpu: GPU slug; default: machine_info["gpu"]["slug"|"name"] or "unknown".
+    """
+    _check_date(date)
+    if not isinstance(doc.get("benchmarks"), list) or not doc["benchmarks"]:
+        raise ValueError("benchmark JSON has no 'benchmarks' list; pass a file written by pytest --benchmark-json.")
+    machine = doc.get("machine_info") or {}
+    versions = versions or machine.get("versions") or _installed_versions()
+    gpu = gpu or _gpu_slug(machine)
+    commit = (doc.get("commit_info") or {}).get("id")
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    out = []
+    for bench in doc["benchmarks"]:
+        entry = {"schema": SCHEMA, "date": date, "run_id": run_id, "attempt": attempt, "timestamp": stamp,
+                 "benchmark": benchmark_key(bench), "group": bench.get("group"), "versions": versions, "gpu": gpu,
+                 "git_commit": commit, "baseline_id": baseline_id, **summarize(bench),
+                 "extra_info": bench.get("extra_info") or {}}
+        entry.update(_verdict(entry["samples_ms"], (baselines or {}).get(entry["benchmark"])))
+        out.append(entry)
+    return out
+
+
+def benchmark_key(bench: dict) -> str:
+    """The name a benchmark goes by in history, baselines and kernel tables: its full node id when known."""
+    key = bench.get("fullname") or bench.get("name")
+    if not key:
+        raise ValueError(f"benchmark entry without 'fullname' or 'name': keys {sorted(bench)}")
+    return key
+
+
+def summarize(bench: dict) -> dict:
+    """Median/IQR/mean/min/max/stddev (ms), rounds and the per-round samples (ms) of one benchmark entry."""
+    stats = bench.get("stats") or {}
+    data = stats.get("data")
+    if not data:
+        raise ValueError(f"benchmark {bench.get('name')!r} has no per-round samples (stats.data); pytest-benchmark "
+                         "keeps them in --benchmark-json output unless --benchmark-skip/--benchmark-disable was used.")
+    samples = [float(x) * _MS for x in data]
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return {"median_ms": statistics.median(samples), "iqr_ms": q[2] - q[0], "mean_ms": statistics.fmean(samples),
+            "min_ms": min(samples), "max_ms": max(samples),
+            "stddev_ms": statistics.stdev(samples) if len(samples) > 1 else 0.0,
+            "rounds": len(samples), "samples_ms": samples[:MAX_SAMPLES]}
+
+
+def load_baselines(path: str | os.PathLike) -> tuple[dict[str, dict], str | None]:
+    """Benchmark name -> baseline entry from a pytest-benchmark JSON file or a directory of them, and an id.
+
+    Where several files hold the same benchmark, the newest (by the file's "datetime") wins. The id is a
+    short hash of the files' contents, so a changed baseline gets a new id. A missing path gives ({}, None).
+    """
+    path = Path(path)
+    files = sorted(path.rglob("*.json")) if path.is_dir() else ([path] if path.exists() else [])
+    docs = []
+    for file in files:
+        doc = json.loads(file.read_text())
+        if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
+            docs.append((doc.get("datetime") or "", file, doc))
+    if not docs:
+        return {}, None
+    digest = hashlib.sha256()
+    table: dict[str, dict] = {}
+    for _, file, doc in sorted(docs, key=lambda d: (d[0], str(d[1]))):
+        digest.update(file.read_bytes())
+        for bench in doc["benchmarks"]:
+            table[benchmark_key(bench)] = bench
+    return table, digest.hexdigest()[:12]
+
+
+def append_entries(path: str | os.PathLike, entries: Iterable[dict]) -> int:
+    """Append `entries` to the JSONL history at `path` atomically; returns how many were appended.
+
+    Concurrent appenders are serialized with a lock file; the new file is written to a temporary file in the
+    same directory and moved over the old one, so a crash never leaves a half-written history.
+    """
+    path = Path(path)
+    lines = [json.dumps(e, sort_keys=True, allow_nan=False) + "\n" for e in entries]
+    with locked(path):
+        old = path.read_bytes() if path.exists() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        atomic_write(path, old + "".join(lines).encode())
+    return len(lines)
+
+
+def load_history(path: str | os.PathLike) -> list[dict]:
+    """All entries of a JSONL history (blank lines skipped). A corrupt line raises naming its line number."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number} is not valid JSON ({exc.msg}); fix or delete that line.") from None
+        if not isinstance(entry, dict) or "benchmark" not in entry or "date" not in entry:
+            raise ValueError(f"{path}:{number} is not a history entry (needs 'date' and 'benchmark').")
+        entries.append(entry)
+    return entries
+
+
+def nightly_series(entries: Iterable[dict], benchmark: str) -> list[dict]:
+    """One point per nightly date for `benchmark`, in date order: the median over that night's attempts.
+
+    Each point: date, median_ms, iqr_ms, torch (version), baseline_id, verdicts (one per attempt), attempts.
+    """
+    by_date: dict[str, list[dict]] = {}
+    for e in entries:
+        if e["benchmark"] == benchmark:
+            by_date.setdefault(e["date"], []).append(e)
+    points = []
+    for date in sorted(by_date):
+        runs = sorted(by_date[date], key=lambda e: (e.get("attempt", 1), e.get("timestamp", "")))
+        points.append({"date": date, "median_ms": statistics.median(r["median_ms"] for r in runs),
+                       "iqr_ms": statistics.median(r.get("iqr_ms", 0.0) for r in runs),
+                       "torch": (runs[-1].get("versions") or {}).get("torch"),
+                       "baseline_id": runs[-1].get("baseline_id"), "verdicts": [r.get("verdict") for r in runs],
+                       "attempts": len(runs)})
+    return points
+
+
+def benchmarks(entries: Iterable[dict]) -> list[str]:
+    """Sorted names of all benchmarks in the history."""
+    return sorted({e["benchmark"] for e in entries})
+
+
+def _verdict(samples_ms: list[float], baseline: dict | None) -> dict:
+    if baseline is None:
+        return {"verdict": None, "ratio": None, "p_value": None, "reason": "no baseline for this benchmark"}
+    base = summarize(baseline)["samples_ms"]
+    d = decide(base, samples_ms)
+    return {"verdict": d.verdict, "ratio": d.ratio, "p_value": d.p_value, "reason": d.reason,
+            "baseline_median_ms": d.baseline_median}
+
+
+def _gpu_slug(machine: dict) -> str:
+    gpu = machine.get("gpu")
+    if isinstance(gpu, dict):
+        return gpu.get("slug") or gpu.get("name") or "unknown"
+    return gpu if isinstance(gpu, str) and gpu else "unknown"
+
+
+def _installed_versions() -> dict:
+    from ..env import dist_version
+
+    return {name: dist_version(name) for name in ("torch", "torchao", "triton", "diffusers")}
+
+
+def _check_date(date: str) -> None:
+    try:
+        dt.date.fromisoformat(date)
+    except (TypeError, ValueError):
+        raise ValueError(f"date={date!r} is not YYYY-MM-DD; pass the nightly's date, e.g. 2026-11-22.") from None

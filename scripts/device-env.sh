@@ -1,0 +1,13 @@
+# Source this at the start of a device (or self-hosted runner) command: installs carried wheels from .whl/
+# (see ../shared/DEVICE.md) into /tmp/site without network, and puts the repo on PYTHONPATH.
+# Usage: source scripts/device-env.sh
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "device-env: installing carried wheels from .whl/ failed" >&2; return 1; }
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+export OUT="${OUT:-$PWD/fluxperf-out}"
+mkdir -p "$OUT"
