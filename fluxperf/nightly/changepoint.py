@@ -111,3 +111,21 @@ def _segment(x: np.ndarray, lo: int, hi: int, alpha: float, permutations: int, m
     found.update(_segment(x, lo, lo + tau, alpha, permutations, min_size, rng))
     found.update(_segment(x, lo + tau, hi, alpha, permutations, min_size, rng))
     return found
+
+
+def detect_changes(entries, *, names: Sequence[str] | None = None, **kwargs) -> dict[str, list[ChangePoint]]:
+    """E-Divisive over each benchmark's nightly medians in a history; change points labelled by date.
+
+    Args:
+        entries: history entries (fluxperf.nightly.history.load_history).
+        names: benchmarks to analyse (default: all).
+        **kwargs: passed to e_divisive (alpha, permutations, min_size, min_rel_change, seed).
+    """
+    from .history import benchmarks, nightly_series
+
+    entries = list(entries)
+    out = {}
+    for name in names if names is not None else benchmarks(entries):
+        points = nightly_series(entries, name)
+        out[name] = e_divisive([p["median_ms"] for p in points], labels=[p["date"] for p in points], **kwargs)
+    return out
