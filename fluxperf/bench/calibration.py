@@ -74,36 +74,52 @@ def run_calibration(device="cuda", *, rounds: int = 7, reps: int = 5) -> dict:
     """Time the kernel set on `device`; {kernel: {"ms": per-call median, "tflops" or "tbps": rate}}.
 
     Each round runs `reps` back-to-back calls (timed with CUDA events) so one round lasts milliseconds.
-    Everything allocated here is freed before returning.
+    Everything allocated here is freed before returning (each kernel's tensors live in its own function).
     """
     import torch
 
-    from ..timing import time_fn
-
-    out: dict[str, dict] = {}
-    a = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
-    b = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
-    flops = 2 * GEMM_N**3
-    ms = _per_call_ms(lambda: [a @ b for _ in range(reps)], reps, rounds, device, time_fn)
-    out["bf16_gemm"] = {"ms": ms, "tflops": flops / ms / 1e9}
+    out = {"bf16_gemm": _bf16_gemm(device, rounds, reps)}
     if torch.cuda.get_device_capability(device) >= (8, 9):
-        a8 = a.to(torch.float8_e4m3fn)
-        b8 = b.to(torch.float8_e4m3fn).t().contiguous().t()  # _scaled_mm wants the second operand column-major
-        one = torch.ones((), device=device, dtype=torch.float32)
-        fn = lambda: [torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa: E731
-                      for _ in range(reps)]
-        ms = _per_call_ms(fn, reps, rounds, device, time_fn)
-        out["fp8_gemm"] = {"ms": ms, "tflops": flops / ms / 1e9}
-        del a8, b8
-    del a, b
-    src = torch.empty(COPY_BYTES, device=device, dtype=torch.uint8)
-    dst = torch.empty_like(src)
-    ms = _per_call_ms(lambda: [dst.copy_(src) for _ in range(reps)], reps, rounds, device, time_fn)
-    out["copy"] = {"ms": ms, "tbps": 2 * COPY_BYTES / ms / 1e9}  # read + write
-    del src, dst
+        out["fp8_gemm"] = _fp8_gemm(device, rounds, reps)
+    out["copy"] = _copy(device, rounds, reps)
     torch.cuda.empty_cache()
     return out
 
 
-def _per_call_ms(fn, reps, rounds, device, time_fn) -> float:
+def _bf16_gemm(device, rounds, reps) -> dict:
+    import torch
+
+    a = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
+    b = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
+    ms = _per_call_ms(lambda: [a @ b for _ in range(reps)], reps, rounds, device)
+    return {"ms": ms, "tflops": 2 * GEMM_N**3 / ms / 1e9}
+
+
+def _fp8_gemm(device, rounds, reps) -> dict:
+    import torch
+
+    a = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16).to(torch.float8_e4m3fn)
+    # _scaled_mm wants the second operand column-major
+    b = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16).to(torch.float8_e4m3fn).t().contiguous().t()
+    one = torch.ones((), device=device, dtype=torch.float32)
+
+    def fn():
+        return [torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16) for _ in range(reps)]
+
+    ms = _per_call_ms(fn, reps, rounds, device)
+    return {"ms": ms, "tflops": 2 * GEMM_N**3 / ms / 1e9}
+
+
+def _copy(device, rounds, reps) -> dict:
+    import torch
+
+    src = torch.empty(COPY_BYTES, device=device, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    ms = _per_call_ms(lambda: [dst.copy_(src) for _ in range(reps)], reps, rounds, device)
+    return {"ms": ms, "tbps": 2 * COPY_BYTES / ms / 1e9}  # read + write
+
+
+def _per_call_ms(fn, reps, rounds, device) -> float:
+    from ..timing import time_fn
+
     return time_fn(fn, warmup=2, rounds=rounds, device=device).median_ms / reps

@@ -21,7 +21,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 # NVML clock-event reason bits (nvmlClocksEventReason*; stable values across driver versions).
 REASON_BITS = {
