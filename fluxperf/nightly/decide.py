@@ -4,11 +4,13 @@ A change counts only when it is both large (relative change of the medians beyon
 significant (one-sided Mann-Whitney U on the per-round samples, p < `alpha`), as asv and Chromium Pinpoint
 judge. Too few rounds to ever reach `alpha` gives "inconclusive", never a verdict.
 
-This module is deliberately separate so that the benchmark tier's own rule (fluxperf.bench.stats, when it
-lands) can replace it in one place: `confirm`, `history` and `bisect` all call `decide()`.
+`decide()` uses the benchmark tier's own rule, fluxperf.bench.stats.decide (asv's rule with thresholds
+derived from measured noise), whenever that module is importable, so bisect and the history judge exactly as
+CI does; `fallback_decide()` below is the same rule in miniature for when it is not. `confirm`, `history` and
+`bisect` all call `decide()`, so the rule is swapped in this one place.
 
 Example:
-    >>> decide([10.0] * 8, [12.0, 12.1, 11.9, 12.2, 12.0, 12.1, 11.8, 12.3]).verdict
+    >>> decide([10.0 + 0.01 * i for i in range(10)], [12.0 + 0.01 * i for i in range(10)]).verdict
     'regressed'
 """
 
@@ -34,14 +36,51 @@ class Decision:
     ratio: float  # current / baseline median
     p_value: float | None
     reason: str
+    rule: str = "fallback"  # "fluxperf.bench.stats" when the benchmark tier's rule decided
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def decide(baseline: Sequence[float], current: Sequence[float], *, rel_threshold: float = DEFAULT_REL_THRESHOLD,
-           alpha: float = DEFAULT_ALPHA) -> Decision:
-    """Judge `current` against `baseline` (per-round times, lower is better).
+def decide(baseline: Sequence[float], current: Sequence[float], *, rel_threshold: float | None = None,
+           alpha: float | None = None) -> Decision:
+    """Judge `current` against `baseline` by the CI rule: fluxperf.bench.stats when present, else the fallback.
+
+    Args:
+        baseline, current: per-round samples (lower is better).
+        rel_threshold: minimum relative change (default: the rule's own default, 3 % or 5 %).
+        alpha: significance level (default: the rule's own, 0.002 or 0.01).
+    """
+    stats = _bench_stats()
+    if stats is None:
+        return fallback_decide(baseline, current, rel_threshold=rel_threshold or DEFAULT_REL_THRESHOLD,
+                               alpha=alpha or DEFAULT_ALPHA)
+    _check_samples("baseline", baseline)
+    _check_samples("current", current)
+    d = stats.decide(list(baseline), list(current), threshold=rel_threshold or stats.FLOOR,
+                     alpha=alpha or stats.ALPHA)
+    verdict = {"regression": "regressed", "inconclusive": "inconclusive"}.get(d.outcome, "unchanged")
+    p = d.p_slower if d.change > 0 else d.p_faster
+    return Decision(verdict, statistics.median(baseline), statistics.median(current), 1.0 + d.change, p, d.reason,
+                    "fluxperf.bench.stats")
+
+
+def _bench_stats():
+    """fluxperf.bench.stats if it can be imported (it imports no torch), else None."""
+    import importlib
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("fluxperf.bench.stats") is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return importlib.import_module("fluxperf.bench.stats")
+
+
+def fallback_decide(baseline: Sequence[float], current: Sequence[float], *,
+                    rel_threshold: float = DEFAULT_REL_THRESHOLD, alpha: float = DEFAULT_ALPHA) -> Decision:
+    """Judge `current` against `baseline` (per-round times, lower is better) without fluxperf.bench.
 
     Args:
         baseline: per-round samples of the reference (>= 1).
@@ -50,7 +89,7 @@ def decide(baseline: Sequence[float], current: Sequence[float], *, rel_threshold
         alpha: significance level of the one-sided Mann-Whitney U test.
 
     Example:
-        >>> decide([1.0, 1.01, 0.99], [1.0, 1.0, 1.01]).verdict
+        >>> fallback_decide([1.0, 1.01, 0.99], [1.0, 1.0, 1.01]).verdict
         'unchanged'
     """
     _check_samples("baseline", baseline)

@@ -30,7 +30,8 @@ _MS = 1e3  # pytest-benchmark stores seconds
 
 def entries_from_benchmark_json(doc: dict, *, date: str, run_id: str, attempt: int = 1,
                                 baselines: dict[str, dict] | None = None, baseline_id: str | None = None,
-                                versions: dict | None = None, gpu: str | None = None) -> list[dict]:
+                                versions: dict | None = None, gpu: str | None = None,
+                                thresholds: dict[str, dict] | None = None) -> list[dict]:
     """History entries (one per benchmark) from one pytest-benchmark JSON document.
 
     Args:
@@ -41,14 +42,19 @@ def entries_from_benchmark_json(doc: dict, *, date: str, run_id: str, attempt: i
         baselines: benchmark name -> baseline benchmark entry (see `load_baselines`), for the verdict.
         baseline_id: id of the baseline set (trend plots mark where it changes).
         versions: package versions; default: machine_info["versions"] or the installed ones.
-        gpu: GPU slug; default: machine_info["gpu"]["slug"|"name"] or "unknown".
+        gpu: GPU slug; default: machine_info["fluxperf"]["slug"], machine_info["gpu"] or "unknown".
+        thresholds: benchmark -> {"time": relative threshold} (the baseline's "fluxperf" section).
+
+    The verdict is the perf tier's own (extra_info["verdict"]["outcome"], written by the fluxperf pytest
+    plugin) when the record has one; otherwise `decide()` against `baselines`; otherwise None.
     """
     _check_date(date)
     if not isinstance(doc.get("benchmarks"), list) or not doc["benchmarks"]:
         raise ValueError("benchmark JSON has no 'benchmarks' list; pass a file written by pytest --benchmark-json.")
     machine = doc.get("machine_info") or {}
-    versions = versions or machine.get("versions") or _installed_versions()
-    gpu = gpu or _gpu_slug(machine)
+    ours = machine.get("fluxperf") or {}  # added by fluxperf.bench.pytest_plugin
+    versions = versions or ours.get("versions") or machine.get("versions") or _installed_versions()
+    gpu = gpu or ours.get("slug") or _gpu_slug(machine)
     commit = (doc.get("commit_info") or {}).get("id")
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     out = []
@@ -57,7 +63,7 @@ def entries_from_benchmark_json(doc: dict, *, date: str, run_id: str, attempt: i
                  "benchmark": benchmark_key(bench), "group": bench.get("group"), "versions": versions, "gpu": gpu,
                  "git_commit": commit, "baseline_id": baseline_id, **summarize(bench),
                  "extra_info": bench.get("extra_info") or {}}
-        entry.update(_verdict(entry["samples_ms"], (baselines or {}).get(entry["benchmark"])))
+        entry.update(_verdict(entry, bench, (baselines or {}).get(entry["benchmark"]), thresholds))
         out.append(entry)
     return out
 
@@ -85,11 +91,13 @@ def summarize(bench: dict) -> dict:
             "rounds": len(samples), "samples_ms": samples[:MAX_SAMPLES]}
 
 
-def load_baselines(path: str | os.PathLike) -> tuple[dict[str, dict], str | None]:
-    """Benchmark name -> baseline entry from a pytest-benchmark JSON file or a directory of them, and an id.
+def load_baselines(path: str | os.PathLike) -> tuple[dict[str, dict], str | None, dict[str, dict]]:
+    """(benchmark name -> baseline entry, baseline id, benchmark name -> thresholds) from a baseline file or dir.
 
-    Where several files hold the same benchmark, the newest (by the file's "datetime") wins. The id is a
-    short hash of the files' contents, so a changed baseline gets a new id. A missing path gives ({}, None).
+    Reads pytest-benchmark JSON files (baselines/<gpu>/0001_baseline.json has a "fluxperf" section with
+    per-benchmark thresholds). Where several files hold the same benchmark, the newest (by the file's
+    "datetime") wins. The id is a short hash of the files' contents, so a changed baseline gets a new id.
+    A missing path gives ({}, None, {}).
     """
     path = Path(path)
     files = sorted(path.rglob("*.json")) if path.is_dir() else ([path] if path.exists() else [])
@@ -99,14 +107,16 @@ def load_baselines(path: str | os.PathLike) -> tuple[dict[str, dict], str | None
         if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
             docs.append((doc.get("datetime") or "", file, doc))
     if not docs:
-        return {}, None
+        return {}, None, {}
     digest = hashlib.sha256()
     table: dict[str, dict] = {}
+    thresholds: dict[str, dict] = {}
     for _, file, doc in sorted(docs, key=lambda d: (d[0], str(d[1]))):
         digest.update(file.read_bytes())
+        thresholds.update((doc.get("fluxperf") or {}).get("thresholds") or {})
         for bench in doc["benchmarks"]:
             table[benchmark_key(bench)] = bench
-    return table, digest.hexdigest()[:12]
+    return table, digest.hexdigest()[:12], thresholds
 
 
 def append_entries(path: str | os.PathLike, entries: Iterable[dict]) -> int:
@@ -169,11 +179,21 @@ def benchmarks(entries: Iterable[dict]) -> list[str]:
     return sorted({e["benchmark"] for e in entries})
 
 
-def _verdict(samples_ms: list[float], baseline: dict | None) -> dict:
+_TIER_VERDICT = {"regression": "regressed", "inconclusive": "inconclusive", "pass": "unchanged"}
+
+
+def _verdict(entry: dict, bench: dict, baseline: dict | None, thresholds: dict[str, dict] | None) -> dict:
+    tier = (bench.get("extra_info") or {}).get("verdict")
+    if isinstance(tier, dict) and tier.get("outcome") in _TIER_VERDICT:
+        base, cur = tier.get("baseline_median_ms"), tier.get("current_median_ms")
+        ratio = cur / base if base and cur else None
+        return {"verdict": _TIER_VERDICT[tier["outcome"]], "ratio": ratio, "p_value": None,
+                "reason": f"perf tier: {tier['outcome']} (decided by {tier.get('decided_by', '?')} timings)",
+                "baseline_median_ms": base}
     if baseline is None:
         return {"verdict": None, "ratio": None, "p_value": None, "reason": "no baseline for this benchmark"}
-    base = summarize(baseline)["samples_ms"]
-    d = decide(base, samples_ms)
+    threshold = ((thresholds or {}).get(entry["benchmark"]) or {}).get("time")
+    d = decide(summarize(baseline)["samples_ms"], entry["samples_ms"], rel_threshold=threshold)
     return {"verdict": d.verdict, "ratio": d.ratio, "p_value": d.p_value, "reason": d.reason,
             "baseline_median_ms": d.baseline_median}
 

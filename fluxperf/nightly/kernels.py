@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -157,15 +156,26 @@ def to_markdown(diff, *, max_name: int = 80) -> str:
 
 
 def kernel_table_path(root: str | os.PathLike, benchmark: str) -> Path:
-    """Where the kernel table of `benchmark` lives under `root`: a filesystem-safe name plus a short hash.
+    """Where the kernel table of `benchmark` lives under `root` (e.g. baselines/<gpu>/kernels).
+
+    The name is the one fluxperf.bench.baseline.safe_name gives (file name and test id of the node id, made
+    filesystem-safe), so tables stored with a baseline are found by the explainer.
 
     Example:
-        >>> kernel_table_path("k", "perf/test_step.py::test_step[bf16]").name
-        'perf-test_step.py-test_step-bf16-878ed724.csv'
+        >>> kernel_table_path("k", "perf/test_step.py::test_step[bf16]").as_posix()
+        'k/test_step.py-test_step-bf16.csv'
     """
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", benchmark).strip("-")[:100]
-    digest = hashlib.sha256(benchmark.encode()).hexdigest()[:8]
-    return Path(root) / f"{slug}-{digest}.csv"
+    tail = benchmark.split("/")[-1]
+    return Path(root) / (re.sub(r"[^A-Za-z0-9_.-]+", "-", tail).strip("-") + ".csv")
+
+
+def table_from_records(records):
+    """A kernel table from a list of {name, count, cuda_time_us} dicts (as stored in extra_info["kernel_table"])."""
+    import pandas as pd
+
+    df = pd.DataFrame.from_records(list(records or []), columns=list(COLUMNS))
+    _check_table(df, "records")
+    return df
 
 
 def _aggregate(df):
