@@ -106,7 +106,7 @@ def recipe_graph_parts(recipe, inductor_configs: dict) -> dict:
 
 
 def module_fingerprint(module) -> dict:
-    """Model identity without weights: class, config, attention processors, parameter kinds and layouts."""
+    """Model identity without weights: class, config, attention processors, parameter names/shapes/kinds."""
     config = getattr(module, "config", None)
     processors = getattr(module, "attn_processors", None) or {}
     kinds = set()
@@ -121,6 +121,8 @@ def module_fingerprint(module) -> dict:
         "config": _jsonable(dict(config) if config is not None else {}),
         "attn_processors": sorted({type(p).__name__ for p in processors.values()}),
         "param_kinds": sorted(kinds),
+        # names and shapes: fused vs unfused QKV, LoRA layers, pruned blocks all change the graph
+        "params": stable_hash([(n, list(p.shape)) for n, p in module.named_parameters()]),
     }
 
 

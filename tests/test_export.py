@@ -1,0 +1,324 @@
+"""Export on CPU: example inputs for any (variant, size, batch), torch.export of the tiny transformer, the
+package cache (keys, manifests, refusal), the pipeline adapters, and the refusals (no CUDA, caching active)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from fluxperf import export_cache as ec
+from fluxperf.cudagraph import CudaGraphRunner, EagerReplayBackend
+from fluxperf.errors import FluxperfError, RecipeError, UnavailableError
+from fluxperf.export import (
+    ExportCacheConflictError,
+    ExportError,
+    apply_export,
+    cache_hooks,
+    constants_map,
+    export_program,
+    install_adapters,
+    remove_export,
+)
+from fluxperf.export_call import (
+    ExportShapeError,
+    TransformerExportModule,
+    VaeDecodeExportModule,
+    transformer_example,
+    vae_example,
+)
+from fluxperf.ladder import rung
+from fluxperf.model_configs import dims_of_pipeline, model_dims
+from fluxperf.models import build_pipeline, pipeline_class
+from fluxperf.recipe import Recipe
+from fluxperf.shapes import ShapeSpec
+
+RESOLUTIONS = [(512, 512), (1024, 1024), (768, 1360)]
+
+
+def _prepare_ids(spec: ShapeSpec) -> torch.Tensor:
+    """The image ids the real pipeline builds (FluxPipeline._prepare_latent_image_ids; Kontext adds index 1)."""
+    h, w = spec.height // 16, spec.width // 16
+    ids = pipeline_class("dev")._prepare_latent_image_ids(spec.batch, h, w, "cpu", torch.float32)
+    if spec.variant == "kontext":
+        cond = ids.clone()
+        cond[..., 0] = 1
+        ids = torch.cat([ids, cond], dim=0)
+    return ids
+
+
+# -- example inputs --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["schnell", "dev", "kontext"])
+@pytest.mark.parametrize("height,width", RESOLUTIONS)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_example_inputs_are_consistent_for_any_shape(variant, height, width, batch):
+    spec, dims = ShapeSpec(variant, height, width, batch), model_dims(variant, "full")
+    ex = transformer_example(spec, dims)
+    x = dict(zip(ex.names, ex.args))
+    tokens = (height // 16) * (width // 16) * (2 if variant == "kontext" else 1)
+    assert ("guidance" in x) == (variant != "schnell")
+    assert x["hidden_states"].shape == (batch, tokens, 64)
+    assert x["img_ids"].shape == (x["hidden_states"].shape[1], 3)  # one id per image token
+    assert x["encoder_hidden_states"].shape == (batch, spec.text_tokens, 4096)
+    assert x["txt_ids"].shape == (x["encoder_hidden_states"].shape[1], 3)
+    assert x["pooled_projections"].shape == (batch, 768) and x["timestep"].shape == (batch,)
+    if variant != "schnell":
+        assert x["guidance"].shape == (batch,)
+    assert torch.equal(x["img_ids"].float(), _prepare_ids(spec))
+    assert vae_example(spec, dims).args[0].shape == (batch, 16, height // 8, width // 8)
+    assert [s["shape"] for s in ex.signature()] == [list(a.shape) for a in ex.args]
+
+
+def _capture_pipeline_call(variant: str, height: int, width: int, batch: int):
+    """Run a tiny pipeline once; return (pipe, transformer kwargs of the first step, latents given to decode)."""
+    pipe = build_pipeline(variant, "tiny", text_encoders=False)
+    text_len = 24
+    g = torch.Generator().manual_seed(0)
+    kwargs = dict(prompt_embeds=torch.randn(batch, text_len, 32, generator=g, dtype=torch.float32).bfloat16(),
+                  pooled_prompt_embeds=torch.randn(batch, 32, generator=g).bfloat16(), height=height, width=width,
+                  num_inference_steps=1, output_type="pt", max_sequence_length=text_len)
+    if variant == "kontext":
+        from PIL import Image
+
+        kwargs.update(image=Image.new("RGB", (width, height), (120, 30, 200)), _auto_resize=False,
+                      max_area=height * width)  # the default max_area (1024^2) would upscale the call
+    seen = {}
+    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.setdefault("t", (a, dict(kw))), with_kwargs=True)
+    original = pipe.vae.decode
+    pipe.vae.decode = lambda z, *a, **k: seen.setdefault("z", z) is not None and original(z, *a, **k)
+    pipe(**kwargs)
+    del pipe.vae.decode
+    return pipe, seen["t"], seen["z"], ShapeSpec(variant, height, width, batch, text_len=text_len)
+
+
+@pytest.mark.parametrize("variant,batch", [("schnell", 2), ("dev", 1), ("kontext", 2)])
+def test_example_inputs_match_what_the_real_pipeline_passes(variant, batch):
+    pipe, (args, called), latents, spec = _capture_pipeline_call(variant, 64, 96, batch)
+    assert args == () and called["return_dict"] is False  # keyword call: the adapter relies on it
+    ex = transformer_example(spec, dims_of_pipeline(pipe), dtype=pipe.transformer.dtype)
+    for name, example in zip(ex.names, ex.args):
+        assert tuple(called[name].shape) == tuple(example.shape), name
+    assert torch.equal(called["img_ids"].float(), ex.args[ex.names.index("img_ids")].float())
+    assert latents.shape == vae_example(spec, dims_of_pipeline(pipe)).args[0].shape
+
+    # the adapter turns exactly this call into the package's positional inputs, with the package's dtypes
+    seen = []
+    install_adapters(pipe, spec, lambda *a: seen.append(a) or torch.zeros_like(a[0]), ex)
+    pipe.transformer(*args, **called)
+    assert [(tuple(a.shape), a.dtype) for a in seen[0]] == [(tuple(e.shape), e.dtype) for e in ex.args]
+
+
+def test_torch_export_of_tiny_transformer_on_cpu():
+    pipe = build_pipeline("dev", "tiny", dtype="float32", text_encoders=False)
+    module = TransformerExportModule(pipe.transformer)
+    ex = transformer_example(ShapeSpec("dev", 64, 96, text_len=16), dims_of_pipeline(pipe), dtype=torch.float32)
+    program = export_program(module, ex, strict=False)
+    with torch.no_grad():
+        ref = module(*ex.args)
+        out = program.module()(*ex.args)
+    assert out.shape == ref.shape == ex.args[0].shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    user_inputs = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    assert len(user_inputs) == len(ex.names) == 7
+    # load_package hands the package constants by these names: they must be the wrapper module's names
+    assert set(program.state_dict) | set(program.constants) <= set(constants_map(module))
+
+
+# -- cache keys and manifests ----------------------------------------------------------------------------
+SPEC = ShapeSpec("schnell", 512, 512)
+FP = {"class": "FluxTransformer2DModel", "config": {"num_layers": 19}}
+
+
+def _key(recipe=None, fp=FP, spec=SPEC, **kw):
+    recipe = recipe or rung("export")
+    parts = ec.recipe_graph_parts(recipe, {**recipe.inductor_flags.options(), "x": 1})
+    kw = {"torch_version": "2.11.0+cu130", "gpu_name": "NVIDIA H100 80GB HBM3", **kw}
+    return ec.make_key("transformer", spec, "bfloat16", parts, fp, **kw)
+
+
+def test_key_changes_with_every_graph_changing_part():
+    base = _key()
+    assert _key() == base and base.relpath() == _key().relpath()
+    export = rung("export")
+    variants = [
+        _key(export.replace(fuse_qkv=False)),
+        _key(export.replace(attention={"backend": "sdpa"})),
+        _key(export.replace(attention={"fp8_scaling": "per_head"})),
+        _key(export.replace(quantize={"kind": "none"})),
+        _key(export.replace(quantize={"granularity": "row"})),
+        _key(export.replace(inductor_flags={"epilogue_fusion": True})),
+        _key(export.replace(channels_last=False)),
+        _key(fp={**FP, "config": {"num_layers": 1}}),
+        _key(spec=ShapeSpec("schnell", 512, 512, batch=2)),
+        _key(spec=ShapeSpec("schnell", 768, 1360)),
+        _key(torch_version="2.12.0"),
+        _key(gpu_name="NVIDIA H200"),
+    ]
+    paths = {base.relpath()} | {k.relpath() for k in variants}
+    assert len(paths) == len(variants) + 1
+    assert _key(export.replace(export={"cudagraphs": False})) == base  # replay strategy does not change the package
+    assert str(base.relpath()).startswith("transformer/schnell-512x512-b1-t256-bfloat16/torch-2.11.0+cu130/nvidia-h100")
+
+
+def test_module_fingerprint_sees_fused_qkv_and_config():
+    pipe = build_pipeline("schnell", "tiny", text_encoders=False)
+    before = ec.module_fingerprint(pipe.transformer)
+    assert before == ec.module_fingerprint(pipe.transformer)
+    pipe.transformer.fuse_qkv_projections()
+    assert ec.module_fingerprint(pipe.transformer) != before
+    assert ec.module_fingerprint(pipe.vae)["class"].endswith("AutoencoderKL")
+
+
+def test_get_or_build_miss_then_hit_with_manifest(tmp_path):
+    key, calls = _key(), []
+
+    def build(tmp):
+        calls.append(tmp)
+        assert tmp.endswith(".pt2") and os.path.dirname(tmp) == str(ec.package_dir(tmp_path, key))
+        with open(tmp, "wb") as f:
+            f.write(b"package")
+
+    path, status, _ = ec.get_or_build(tmp_path, key, build, inputs=[{"name": "x"}])
+    assert status == "miss" and len(calls) == 1 and path.read_bytes() == b"package"
+    manifest = json.loads((path.parent / ec.MANIFEST_FILE).read_text())
+    assert manifest["torch_version"] == key.torch_version and manifest["inputs"] == [{"name": "x"}]
+    assert sorted(p.name for p in path.parent.iterdir()) == [ec.MANIFEST_FILE, ec.PACKAGE_FILE]  # no temp files
+    path2, status2, build_s = ec.get_or_build(tmp_path, key, build)
+    assert (path2, status2, build_s) == (path, "hit", 0.0) and len(calls) == 1
+
+
+def test_failed_build_leaves_nothing_that_looks_complete(tmp_path):
+    key = _key()
+
+    def boom(tmp):
+        open(tmp, "wb").write(b"half")
+        raise RuntimeError("compiler died")
+
+    with pytest.raises(RuntimeError, match="compiler died"):
+        ec.get_or_build(tmp_path, key, boom)
+    assert list(ec.package_dir(tmp_path, key).iterdir()) == []
+    assert ec.lookup(tmp_path, key) is None  # next run: a miss, not a broken hit
+
+
+@pytest.mark.parametrize("field,stored,label", [("torch_version", "2.9.1+cu128", "torch version"),
+                                                ("gpu_name", "NVIDIA A100-SXM4-80GB", "GPU")])
+def test_foreign_package_is_refused_naming_both_values(tmp_path, field, stored, label):
+    key = _key()
+    ec.get_or_build(tmp_path, key, lambda tmp: open(tmp, "wb").write(b"p"))
+    directory = ec.package_dir(tmp_path, key)
+    manifest = json.loads((directory / ec.MANIFEST_FILE).read_text())
+    (directory / ec.MANIFEST_FILE).write_text(json.dumps({**manifest, field: stored}))  # as if copied from elsewhere
+    with pytest.raises(ec.PackageMismatchError) as info:
+        ec.lookup(tmp_path, key)
+    msg = str(info.value)
+    assert isinstance(info.value, FluxperfError)
+    assert f"{label} {stored!r}" in msg and repr(getattr(key, field)) in msg
+    assert "delete" in msg and str(directory) in msg and "rebuild" in msg
+
+
+def test_manifest_without_package_is_refused(tmp_path):
+    key = _key()
+    ec.write_manifest(ec.package_dir(tmp_path, key), key)
+    with pytest.raises(ec.PackageMismatchError, match="missing"):
+        ec.lookup(tmp_path, key)
+
+
+def test_manifest_write_is_atomic(tmp_path, monkeypatch):
+    key = _key()
+    directory = ec.package_dir(tmp_path, key)
+    ec.write_manifest(directory, key, note="old")
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ec.write_manifest(directory, key, note="new")
+    monkeypatch.undo()
+    assert ec.read_manifest(directory)["note"] == "old"  # the old manifest is intact
+    assert [p.name for p in directory.iterdir()] == [ec.MANIFEST_FILE]  # and no temp file is left behind
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLUXPERF_CACHE", str(tmp_path / "c"))
+    assert ec.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("FLUXPERF_CACHE")
+    assert ec.default_cache_dir().parts[-3:] == (".cache", "fluxperf", "aoti")
+
+
+# -- pipeline adapters (eager runners stand in for the packages) ------------------------------------------
+def _call(pipe, height=64, width=96, steps=2):
+    g = torch.Generator().manual_seed(0)
+    return pipe(prompt_embeds=torch.randn(1, 16, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+                height=height, width=width, num_inference_steps=steps, guidance_scale=3.5, output_type="pt",
+                generator=torch.Generator().manual_seed(1)).images
+
+
+def test_adapters_run_the_pipeline_through_graph_runners():
+    pipe = build_pipeline("dev", "tiny", dtype="float32", text_encoders=False)
+    ref = _call(pipe)
+    spec, dims = ShapeSpec("dev", 64, 96, text_len=16), dims_of_pipeline(pipe)
+    t_run = CudaGraphRunner(TransformerExportModule(pipe.transformer), backend=EagerReplayBackend())
+    v_run = CudaGraphRunner(VaeDecodeExportModule(pipe.vae), backend=EagerReplayBackend())
+    install_adapters(pipe, spec, t_run, transformer_example(spec, dims, dtype=torch.float32),
+                     v_run, vae_example(spec, dims, dtype=torch.float32))
+    out = _call(pipe)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    assert t_run.stats.as_dict() == {"recorded": 1, "replays": 2, "evictions": 0, "cached": 1}  # one graph, 2 steps
+    assert v_run.stats.replays == 1
+    assert pipe.transformer.config.guidance_embeds and pipe.transformer.dtype == torch.float32  # still readable
+
+    with pytest.raises(ExportShapeError, match=r"'hidden_states' has shape \(1, 48, 64\).*built for \(1, 24, 64\).*height=64"):
+        _call(pipe, height=128)
+    x = dict(zip(*(lambda e: (e.names, e.args))(transformer_example(spec, dims, dtype=torch.float32))))
+    with pytest.raises(ExportShapeError, match="joint_attention_kwargs"):
+        pipe.transformer(**x, joint_attention_kwargs={"scale": 0.5})
+    with pytest.raises(ExportError, match="already runs an exported package"):
+        install_adapters(pipe, spec, t_run, transformer_example(spec, dims))
+
+    assert remove_export(pipe) and not remove_export(pipe)
+    assert "forward" not in pipe.transformer.__dict__ and "decode" not in pipe.vae.__dict__
+    torch.testing.assert_close(_call(pipe), ref, rtol=0, atol=0)
+
+
+# -- refusals --------------------------------------------------------------------------------------------
+def _export_recipe():
+    return Recipe.from_dict({"dtype": "bfloat16", "export": {"enabled": True}})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_apply_export_needs_cuda():
+    pipe = build_pipeline("schnell", "tiny", text_encoders=False)
+    with pytest.raises(UnavailableError, match="no CUDA device") as info:
+        apply_export(pipe, _export_recipe(), ShapeSpec("schnell", 64, 64))
+    assert "not a supported rung" in str(info.value)
+    with pytest.raises(RecipeError, match="export.enabled=False"):
+        apply_export(pipe, Recipe(), ShapeSpec("schnell", 64, 64))
+
+
+def test_export_refuses_diffusers_first_block_cache():
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    pipe = build_pipeline("dev", "tiny", text_encoders=False)
+    assert cache_hooks(pipe) == []
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    with pytest.raises(ExportCacheConflictError, match="FirstBlockCacheConfig.*opaque compiled graph.*Fix: disable"):
+        apply_export(pipe, _export_recipe(), ShapeSpec("dev", 64, 64))
+    assert any("fbc_leader_block_hook" in h for h in cache_hooks(pipe))
+    pipe.transformer.disable_cache()
+    assert cache_hooks(pipe) == []
+
+
+@pytest.mark.cache_dit
+def test_export_refuses_cache_dit():
+    cache_dit = pytest.importorskip("cache_dit")
+    pipe = build_pipeline("dev", "tiny", text_encoders=False)
+    cache_dit.enable_cache(pipe)
+    try:
+        with pytest.raises(ExportCacheConflictError, match="cache-dit"):
+            apply_export(pipe, _export_recipe(), ShapeSpec("dev", 64, 64))
+    finally:
+        cache_dit.disable_cache(pipe)
+    assert cache_hooks(pipe) == []
