@@ -1,0 +1,184 @@
+"""Fixtures of the GPU perf tier: full-size synthetic FLUX.1-schnell at 1024x1024, batch 1.
+
+Every benchmark builds a fresh pipeline, applies one ladder rung inside a fresh inductor cache (so the first
+call is a cold compile), measures through fluxperf.bench.harness.Bench, then frees the GPU: one full-size
+model on the GPU at a time. FLUXPERF_INJECT_SLOWDOWN=<fraction> (test-only) hooks extra matmuls into the
+transformer blocks before optimization, for the regression demo.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import pytest
+
+from fluxperf.shapes import ShapeSpec
+
+SPEC = ShapeSpec("schnell", 1024, 1024)
+STEPS = 4
+PROMPT = "a photo of a red car in the city at night, cinematic lighting"
+STEP_ROUNDS, VAE_ROUNDS, E2E_ROUNDS = 20, 20, 10  # >= 7 so Mann-Whitney can reach p < 0.002
+
+
+def require_rung(name: str):
+    """The rung's Recipe, or skip naming the missing package (FA3, torchao) and how to install it."""
+    from fluxperf.env import is_sm90
+    from fluxperf.ladder import rung
+    from fluxperf.optional import PACKAGES, install_hint, probe
+
+    recipe = rung(name)
+    needs = []
+    if recipe.attention.backend in ("fa3", "fa3_fp8"):
+        needs.append("fa3")
+    if recipe.quantize.enabled:
+        needs.append("torchao")
+    for pkg in needs:
+        if not probe(pkg):
+            pytest.skip(f"rung {name!r} needs {PACKAGES[pkg].name}: {install_hint(pkg)}")
+    if "fa3" in needs and not is_sm90():
+        pytest.skip(f"rung {name!r} needs FlashAttention-3, which runs on sm90 (Hopper) GPUs only")
+    return recipe
+
+
+class PerfRunner:
+    """Builds, optimizes, measures and frees one benchmark's pipeline."""
+
+    def __init__(self, request, benchmark, tmp_path):
+        self.request, self.benchmark, self.tmp_path = request, benchmark, tmp_path
+
+    # -- the three kinds of benchmark ---------------------------------------------------------------------
+    def transformer_step(self, rung_name: str) -> dict:
+        """One transformer forward (a denoising step) of the rung."""
+        return self._freeing(self._transformer_step, rung_name)
+
+    def vae_decode(self, rung_name: str) -> dict:
+        """VAE decode of 128x128 latents to a 1024x1024 image, as the rung leaves the VAE."""
+        return self._freeing(self._vae_decode, rung_name)
+
+    def end_to_end(self, rung_name: str) -> dict:
+        """The whole schnell call: text encoders, 4 steps, VAE decode, PIL image."""
+        return self._freeing(self._end_to_end, rung_name)
+
+    # -- implementations ----------------------------------------------------------------------------------
+    def _transformer_step(self, rung_name: str) -> dict:
+        import torch
+
+        from fluxperf.bench.flops import step_flops
+        from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
+        from fluxperf.model_configs import dims_of_pipeline
+        from fluxperf.shapes import transformer_inputs
+
+        recipe = require_rung(rung_name)
+        with fresh_compile_cache():
+            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=False)
+            inputs = transformer_inputs(SPEC, dims_of_pipeline(pipe), device="cuda", dtype=torch.bfloat16)
+            transformer = pipe.transformer
+
+            def step():
+                with torch.no_grad():
+                    return transformer(**inputs)
+
+            first = timed_call(step)
+            return Bench(self.request, self.benchmark).run(
+                step, rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(SPEC).total, first_call_s=first,
+                setup_s=setup_s, warm_compile=_warm_compile(step) if recipe.compile.enabled else None,
+                info=info, dyn_before=dyn0)
+
+    def _vae_decode(self, rung_name: str) -> dict:
+        import torch
+
+        from fluxperf.bench.harness import Bench, free_gpu, fresh_compile_cache, timed_call
+        from fluxperf.model_configs import dims_of_pipeline
+        from fluxperf.shapes import vae_latents
+
+        recipe = require_rung(rung_name)
+        with fresh_compile_cache():
+            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=False, slowdown=False)
+            latents = vae_latents(SPEC, dims_of_pipeline(pipe), device="cuda", dtype=torch.bfloat16)
+            vae = pipe.vae
+            pipe.transformer = None  # only the VAE stays on the GPU while it is measured
+            free_gpu()
+
+            def decode():
+                with torch.no_grad():
+                    return vae.decode(latents, return_dict=False)[0]
+
+            first = timed_call(decode)
+            return Bench(self.request, self.benchmark).run(
+                decode, rounds=VAE_ROUNDS, warmup_rounds=3, first_call_s=first, setup_s=setup_s,
+                warm_compile=_warm_compile(decode) if recipe.compile.enabled else None, info=info, dyn_before=dyn0)
+
+    def _end_to_end(self, rung_name: str) -> dict:
+        import torch
+
+        from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
+
+        recipe = require_rung(rung_name)
+        with fresh_compile_cache():
+            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=True)
+
+            def generate():
+                with torch.no_grad():
+                    return pipe(PROMPT, height=SPEC.height, width=SPEC.width, num_inference_steps=STEPS,
+                                guidance_scale=0.0, generator=torch.Generator("cuda").manual_seed(0),
+                                output_type="pil").images
+
+            first = timed_call(generate)
+            return Bench(self.request, self.benchmark).run(
+                generate, rounds=E2E_ROUNDS, warmup_rounds=2, first_call_s=first, setup_s=setup_s,
+                warm_compile=_warm_compile(generate) if recipe.compile.enabled else None, info=info,
+                dyn_before=dyn0)
+
+    def _prepare(self, recipe, *, text_encoders: bool, slowdown: bool = True):
+        """Build the full pipeline on the GPU, maybe inject the test-only slowdown, apply the recipe (timed)."""
+        from fluxperf.apply import apply
+        from fluxperf.bench.harness import dynamo_counts
+        from fluxperf.bench.slowdown import install_slowdown, slowdown_fraction
+        from fluxperf.models import build_pipeline
+
+        if recipe.export.enabled:  # a private package cache: the export's compile is cold too
+            recipe = recipe.replace(export={"cache_dir": str(self.tmp_path / "aoti")})
+        pipe = build_pipeline(SPEC.variant, "full", device="cuda", dtype="bfloat16", text_encoders=text_encoders)
+        pipe.set_progress_bar_config(disable=True)
+        fraction = slowdown_fraction() if slowdown else None
+        if fraction:
+            install_slowdown(pipe.transformer, fraction, SPEC)
+        dyn0 = dynamo_counts()
+        t0 = time.perf_counter()
+        stack = apply(pipe, recipe, spec=SPEC, num_inference_steps=STEPS, variant=SPEC.variant)
+        setup_s = time.perf_counter() - t0
+        info = {"rung": recipe.name, "spec": SPEC.key(), "applied": stack.to_dict(), "apply_s": setup_s,
+                "slowdown_injected": fraction}
+        return pipe, stack, setup_s, dyn0, info
+
+    def _freeing(self, fn, *args):
+        """Run fn, then free the GPU; on failure clear the traceback's frames so they release the model."""
+        from fluxperf.bench.harness import free_gpu
+
+        try:
+            return fn(*args)
+        except BaseException as exc:
+            traceback.clear_frames(exc.__traceback__)
+            raise
+        finally:
+            free_gpu()
+
+
+def _warm_compile(fn):
+    """A callable measuring a warm recompile: dynamo caches reset, the on-disk inductor cache kept."""
+    def measure() -> float:
+        import torch
+
+        from fluxperf.bench.harness import timed_call
+
+        torch._dynamo.reset()
+        return timed_call(fn)
+
+    return measure
+
+
+@pytest.fixture
+def perf(request, benchmark, tmp_path):
+    """The perf-tier runner (see PerfRunner)."""
+    return PerfRunner(request, benchmark, tmp_path)
