@@ -231,6 +231,11 @@ class CudaGraphRunner:
     def stats(self) -> GraphStats:
         return GraphStats(self._recorded, self._replays, self._evictions, len(self._graphs))
 
+    def __repr__(self) -> str:
+        s = self.stats
+        return (f"CudaGraphRunner(name={self.name!r}, recorded={s.recorded}, replays={s.replays}, "
+                f"evictions={s.evictions}, cached={s.cached}, max_graphs={self.max_graphs})")
+
     def keys(self) -> list[tuple]:
         """Signature keys of the cached graphs, least recently used first."""
         return list(self._graphs)

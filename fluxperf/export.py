@@ -163,7 +163,9 @@ def load_package(path: str | Path, module, *, single_threaded: bool):
             f"module has e.g. {list(available)[:5]}. This happens when weights are tensor subclasses (torchao "
             "quantization) whose exported constants are flattened. Fix: delete the package and rebuild; if it "
             "persists, export without quantize.kind='float8'.")
-    loaded.load_constants({n: available[n] for n in wanted}, check_full_update=True, user_managed=True)
+    constants = {n: available[n] for n in wanted}
+    loaded.load_constants(constants, check_full_update=True, user_managed=True)
+    loaded._fluxperf_constants = constants  # user_managed: the package reads these tensors; keep them alive
     return loaded
 
 
@@ -185,7 +187,7 @@ def _package(component: str, module, example: ExampleInputs, spec, recipe, cache
     load_s = time.perf_counter() - start
     runner = CudaGraphRunner(loaded, name=component, max_graphs=4) if cudagraphs else loaded
     facts = {"path": str(path), "cache": status, "build_s": round(build_s, 3), "load_s": round(load_s, 3),
-             "key": key.as_dict(), "runner": runner, "module": module}
+             "key": key.as_dict(), "runner": runner}
     return runner, facts
 
 
@@ -251,7 +253,6 @@ def apply_export(pipe, recipe, spec, *, cache_dir=None) -> dict:
         "spec": spec.key(),
         "cache_dir": str(cache_dir),
         "keys": {c: f["key"] for c, f in facts.items()},
-        "_modules": {c: f["module"] for c, f in facts.items()},  # keep the weights the packages use alive
     }
 
 
