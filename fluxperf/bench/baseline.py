@@ -148,6 +148,7 @@ def build_baseline(runs: list[tuple[str, dict]], *, command: str, previous: dict
         raise BaselineError(f"runs come from different GPUs {sorted(slugs)}: a baseline holds one GPU. "
                             "Fix: update each GPU's baseline from its own runs.")
     slug = slugs.pop()
+    _refuse_injected(runs)
     grouped: dict[str, list[dict]] = {}
     for _, run in runs:
         for bench in run.get("benchmarks", []):
@@ -172,6 +173,16 @@ def build_baseline(runs: list[tuple[str, dict]], *, command: str, previous: dict
                      "provenance": provenance(command, [src for src, _ in runs], last)},
     }
     return baseline, kernels
+
+
+def _refuse_injected(runs: list[tuple[str, dict]]) -> None:
+    for src, run in runs:
+        for bench in run.get("benchmarks", []):
+            fraction = (bench.get("extra_info") or {}).get("slowdown_injected")
+            if fraction:
+                raise BaselineError(
+                    f"{src}: benchmark {bench['fullname']!r} ran with FLUXPERF_INJECT_SLOWDOWN={fraction} (the "
+                    "test-only slowdown); it must never become a baseline. Fix: unset the variable and re-run.")
 
 
 def _reference(benches: list[dict]) -> dict:
@@ -229,7 +240,7 @@ def write_baseline(baseline: dict, path: str | Path, kernel_tables: dict | None 
     text = json.dumps(baseline, indent=2, sort_keys=False, default=str)
     written = []
     for name, records in (kernel_tables or {}).items():
-        written.append(save_kernel_records(records, path.parent / "kernels" / f"{safe_name(name)}.csv"))
+        written.append(save_kernel_records(records, path.parent / "kernels", name))
     atomic_write_text(path, text + "\n")
     return [path, *written]
 
@@ -249,18 +260,22 @@ def update_baseline(run_files: list[str | Path], *, root: str | Path | None = No
     return write_baseline(baseline, baseline_path(baseline["fluxperf"]["gpu_slug"], root), kernels)
 
 
-def save_kernel_records(records: list[dict], path: Path) -> Path:
-    """Save a kernel table (list of {name, count, cuda_time_us}) as CSV, via fluxperf.nightly.kernels when present."""
+def save_kernel_records(records: list[dict], directory: Path, benchmark: str) -> Path:
+    """Save one benchmark's kernel table (records of name, count, cuda_time_us) as CSV under `directory`.
+
+    Uses fluxperf.nightly.kernels (its file naming and writer) when that module exists, else a plain atomic CSV.
+    """
     import pandas as pd
 
     df = pd.DataFrame.from_records(records)
     if has_module("fluxperf.nightly.kernels"):
-        from ..nightly.kernels import save_kernel_table
+        from ..nightly.kernels import kernel_table_path, save_kernel_table
 
+        path = kernel_table_path(directory, benchmark)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_kernel_table(df, path)
-    else:
-        atomic_write_text(path, df.to_csv(index=False))
+        return Path(save_kernel_table(df, path))
+    path = directory / f"{safe_name(benchmark)}.csv"
+    atomic_write_text(path, df.to_csv(index=False))
     return path
 
 
