@@ -15,6 +15,7 @@ from pathlib import Path
 
 DEFAULT_HISTORY = "runs/nightly/history.jsonl"
 EXIT_INSTALL_IMPOSSIBLE = 2
+EXIT_NOTHING_TO_JUDGE = 4
 
 
 def register(subparsers) -> None:
@@ -51,9 +52,11 @@ def _register_history(subparsers) -> None:
     _changepoint_args(p)
     p.add_argument("--json", help="also write the change points here as JSON")
     p.set_defaults(func=cmd_history_changepoints)
-    p = verbs.add_parser("confirm", help="exit 1 on a confirmed regression, 3 when a confirming re-run is needed")
+    p = verbs.add_parser("confirm", help="exit 1 on a confirmed regression, 3 when a confirming re-run is needed, "
+                                         f"{EXIT_NOTHING_TO_JUDGE} when the nightly has no records")
     _history_arg(p)
     p.add_argument("--date", default=dt.date.today().isoformat())
+    p.add_argument("--names-out", help="write the confirmed and pending benchmarks here, one per line")
     p.set_defaults(func=cmd_history_confirm)
 
 
@@ -167,12 +170,22 @@ def cmd_history_changepoints(args) -> int:
 
 
 def cmd_history_confirm(args) -> int:
+    from fluxperf.nightly._io import atomic_write
     from fluxperf.nightly.confirm import confirm
     from fluxperf.nightly.history import load_history
 
-    result = confirm(load_history(args.history), args.date)
+    entries = load_history(args.history)
+    if not any(e["date"] == args.date for e in entries):
+        print(f"no records for nightly {args.date} in {args.history}: nothing to judge", file=sys.stderr)
+        if args.names_out:
+            atomic_write(args.names_out, "")
+        return EXIT_NOTHING_TO_JUDGE
+    result = confirm(entries, args.date)
     for s in result.statuses:
         print(f"{s.status:<9} {s.benchmark}: {s.why}")
+    if args.names_out:
+        names = [s.benchmark for s in result.statuses if s.status in ("confirmed", "pending")]
+        atomic_write(args.names_out, "".join(f"{n}\n" for n in names))
     return result.exit_code
 
 

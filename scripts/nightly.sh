@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The nightly GPU run: install the PyTorch nightly (+ torchao), run the numerics tier and the perf tier against
+# the baseline, append the records to the history, draw trend plots, find change points, confirm regressions,
+# explain them per kernel, and write the markdown summary. Everything lands under one output directory.
+#
+# Usage: scripts/nightly.sh [--allow-installed] [--skip-install] [--index-url URL] [--torch-version V]
+#                           [--date YYYY-MM-DD] [--group GROUP] [--out DIR]
+#   --allow-installed   when the nightly index cannot be reached, run against the torch already installed
+#                       (also NIGHTLY_ALLOW_INSTALLED=1); without it an unreachable index exits 2.
+#   --skip-install      do not try to install anything (local runs against the current environment).
+# Environment (all optional):
+#   OUT                      output directory (default runs/nightly/<date>); --out wins
+#   FLUXPERF_TORCH_INDEX     nightly wheel index (default https://download.pytorch.org/whl/nightly/cu130)
+#   NIGHTLY_TORCH_VERSION    exact torch nightly (default: newest on the index)
+#   FLUXPERF_HISTORY         the history file; keep it on persistent storage on a runner (default $OUT/history.jsonl)
+#   FLUXPERF_BASELINES       baselines root (default baselines)
+#   NIGHTLY_PERF_GROUP       perf-tier group (default all)
+#   NIGHTLY_GPU_TIER / NIGHTLY_PERF_TIER   the tier commands (default scripts/gpu-tier.sh / scripts/perf-tier.sh)
+#   NIGHTLY_BUNDLE=1         pack all outputs into $OUT/nightly.tar.gz (for the device tool: few files come back)
+# Exit status: 0 nothing to report (an unconfirmed single bad night included), 1 numerics tier failed,
+#   2 nightly install impossible (and --allow-installed not given), 3 nightly install failed,
+#   10 confirmed perf regression, 11 perf inconclusive after the confirming re-run, other: the perf tier's own
+#   failure status (tests erroring, 12 = baseline error).
+set -uo pipefail
+
+ALLOW=${NIGHTLY_ALLOW_INSTALLED:-0}
+SKIP_INSTALL=0
+INDEX=${FLUXPERF_TORCH_INDEX:-https://download.pytorch.org/whl/nightly/cu130}
+TORCH_VERSION=${NIGHTLY_TORCH_VERSION:-}
+DATE=${NIGHTLY_DATE:-$(date -u +%F)}
+GROUP=${NIGHTLY_PERF_GROUP:-all}
+OUT_DIR=${OUT:-}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --allow-installed) ALLOW=1 ;;
+    --skip-install) SKIP_INSTALL=1 ;;
+    --index-url) INDEX=$2; shift ;;
+    --torch-version) TORCH_VERSION=$2; shift ;;
+    --date) DATE=$2; shift ;;
+    --group) GROUP=$2; shift ;;
+    --out) OUT_DIR=$2; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "nightly.sh: unknown argument '$1' (see --help)" >&2; exit 64 ;;
+  esac
+  shift
+done
+OUT_DIR=${OUT_DIR:-runs/nightly/$DATE}
+mkdir -p "$OUT_DIR"/records "$OUT_DIR"/plots "$OUT_DIR"/explain
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+HISTORY=${FLUXPERF_HISTORY:-$OUT_DIR/history.jsonl}
+export FLUXPERF_HISTORY=$HISTORY FLUXPERF_TORCH_INDEX=$INDEX PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+"$PY" -c 'import fluxperf' 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # not pip-installed
+GPU_TIER=${NIGHTLY_GPU_TIER:-scripts/gpu-tier.sh}
+PERF_TIER=${NIGHTLY_PERF_TIER:-scripts/perf-tier.sh}
+NOTES=()
+log() { echo "[nightly] $*" | tee -a "$OUT_DIR/nightly.log"; }
+fluxperf() { "$PY" -m fluxperf "$@"; }
+
+# -- 1. install the nightly ------------------------------------------------------------------------------
+if [ "$SKIP_INSTALL" = 1 ]; then
+  NOTES+=("nightly install skipped (--skip-install)")
+else
+  fluxperf nightly install --index-url "$INDEX" ${TORCH_VERSION:+--torch-version "$TORCH_VERSION"} \
+    2>&1 | tee -a "$OUT_DIR/nightly.log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" = 2 ]; then
+    if [ "$ALLOW" != 1 ]; then
+      log "nightly install impossible (index $INDEX unreachable); pass --allow-installed to test the installed torch"
+      exit 2
+    fi
+    NOTES+=("nightly install impossible (index $INDEX unreachable): ran against the installed torch")
+  elif [ "$rc" != 0 ]; then
+    log "nightly install failed (exit $rc)"; exit 3
+  fi
+fi
+TORCH_NOW=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo "not importable")
+log "torch under test: $TORCH_NOW"
+NOTES+=("torch under test: $TORCH_NOW")
+SLUG=$("$PY" -c 'from fluxperf.env import gpu_info, gpu_slug; i = gpu_info(); print(i["slug"] if i else gpu_slug(None))' \
+       2>/dev/null || echo cpu)
+BASELINE_DIR=${FLUXPERF_BASELINES:-baselines}/$SLUG
+
+# -- 2. numerics tier ------------------------------------------------------------------------------------
+log "numerics tier: $GPU_TIER"
+OUT="$OUT_DIR/numerics" bash "$GPU_TIER" 2>&1 | tee "$OUT_DIR/numerics.log"
+RC_NUM=${PIPESTATUS[0]}
+log "numerics tier exit $RC_NUM"
+
+# -- 3. perf tier (+ one confirming re-run with kernel tables when anything is flagged) -------------------
+run_perf() {  # $1 = attempt number; extra args follow
+  local attempt=$1; shift
+  local json="$OUT_DIR/records/attempt$attempt.json"
+  OUT="$OUT_DIR/perf$attempt" bash "$PERF_TIER" "$GROUP" --benchmark-compare --benchmark-json="$json" "$@" \
+    2>&1 | tee "$OUT_DIR/perf$attempt.log"
+  local rc=${PIPESTATUS[0]}
+  if [ ! -s "$json" ]; then  # the tier may have written its own --benchmark-json under its OUT
+    local found
+    found=$(grep -l '"benchmarks"' "$OUT_DIR/perf$attempt"/*.json 2>/dev/null | head -n 1)
+    [ -n "$found" ] && cp "$found" "$json"
+  fi
+  if [ -s "$json" ]; then
+    fluxperf history append --records "$json" --date "$DATE" --attempt "$attempt" --baseline "$BASELINE_DIR" \
+      2>&1 | tee -a "$OUT_DIR/nightly.log"
+  else
+    log "perf attempt $attempt wrote no benchmark records"
+  fi
+  return "$rc"
+}
+log "perf tier: $PERF_TIER $GROUP"
+run_perf 1; RC_PERF1=$?
+fluxperf history confirm --date "$DATE" --names-out "$OUT_DIR/flagged.txt" >/dev/null 2>&1; RC_CONF=$?
+RC_PERF2=-
+if [ "$RC_PERF1" = 10 ] || [ "$RC_PERF1" = 11 ] || [ "$RC_CONF" = 1 ] || [ "$RC_CONF" = 3 ]; then
+  log "perf attempt 1 flagged something (tier exit $RC_PERF1, confirm $RC_CONF): confirming re-run with kernel tables"
+  run_perf 2 --fluxperf-kernel-tables; RC_PERF2=$?
+fi
+fluxperf history confirm --date "$DATE" --names-out "$OUT_DIR/flagged.txt" 2>&1 | tee "$OUT_DIR/confirm.txt"
+RC_CONF=${PIPESTATUS[0]}
+
+# -- 4. explain flagged benchmarks, trends, change points, summary ----------------------------------------
+if [ -s "$OUT_DIR/flagged.txt" ] && [ -s "$OUT_DIR/records/attempt2.json" ]; then
+  while IFS= read -r name; do
+    fluxperf explain --benchmark "$name" --baseline-dir "$BASELINE_DIR/kernels" \
+      --current-json "$OUT_DIR/records/attempt2.json" --out "$OUT_DIR/explain" >/dev/null 2>>"$OUT_DIR/nightly.log" \
+      || NOTES+=("no kernel diff for $name (no baseline kernel table or no profiled re-run; see nightly.log)")
+  done < "$OUT_DIR/flagged.txt"
+fi
+[ -s "$HISTORY" ] && fluxperf history plot --out "$OUT_DIR/plots" >/dev/null 2>>"$OUT_DIR/nightly.log"
+[ -s "$HISTORY" ] && fluxperf history changepoints --json "$OUT_DIR/changepoints.json" 2>&1 | tee -a "$OUT_DIR/nightly.log"
+[ "$HISTORY" != "$OUT_DIR/history.jsonl" ] && [ -s "$HISTORY" ] && cp "$HISTORY" "$OUT_DIR/history.jsonl"
+
+STATUS=0
+if [ "$RC_NUM" != 0 ]; then STATUS=1
+elif [ "$RC_CONF" = 1 ] || { [ "$RC_PERF1" = 10 ] && [ "$RC_PERF2" = 10 ]; }; then STATUS=10
+elif [ "$RC_PERF2" != - ] && [ "$RC_PERF2" != 0 ] && [ "$RC_PERF2" != 10 ]; then STATUS=$RC_PERF2
+elif [ "$RC_PERF2" = - ] && [ "$RC_PERF1" != 0 ]; then STATUS=$RC_PERF1
+fi
+[ "$RC_CONF" = 3 ] && NOTES+=("a regression is pending confirmation by the next nightly")
+NOTE_ARGS=(); for n in "${NOTES[@]}"; do NOTE_ARGS+=(--note "$n"); done
+NOTE_ARGS+=(--note "nightly exit status $STATUS")
+fluxperf nightly summary --date "$DATE" --tier "numerics=$RC_NUM" --tier "perf=$RC_PERF1" --tier "perf re-run=$RC_PERF2" \
+  --explain-dir "$OUT_DIR/explain" --plots-dir "$OUT_DIR/plots" "${NOTE_ARGS[@]}" --out "$OUT_DIR/summary.md" \
+  2>&1 | tee -a "$OUT_DIR/nightly.log"
+log "exit status $STATUS (numerics $RC_NUM, perf $RC_PERF1, re-run $RC_PERF2, confirm $RC_CONF); summary: $OUT_DIR/summary.md"
+
+if [ "${NIGHTLY_BUNDLE:-0}" = 1 ]; then  # keep summary.md + one tarball (the device tool returns few files)
+  BUNDLE=$(mktemp /tmp/nightly.XXXXXX.tar.gz)
+  tar -czf "$BUNDLE" -C "$OUT_DIR" . && find "$OUT_DIR" -mindepth 1 -maxdepth 1 ! -name summary.md -exec rm -rf {} + \
+    && mv "$BUNDLE" "$OUT_DIR/nightly.tar.gz"
+fi
+exit "$STATUS"
