@@ -135,10 +135,11 @@ class _Context:
 
 # -- stages ----------------------------------------------------------------------------------------------
 def _stage_dtype(ctx: _Context) -> dict:
-    from .models import torch_dtype
+    from .models import quiet_diffusers, torch_dtype
 
     dtype = torch_dtype(ctx.recipe.dtype)
-    ctx.pipe.to(dtype=dtype)
+    with quiet_diffusers():
+        ctx.pipe.to(dtype=dtype)
     return {"dtype": ctx.recipe.dtype}
 
 

@@ -128,7 +128,7 @@ def _seeded(make, prefix: str, seed: int, device, dtype):
     """Construct on `device` (global RNG seeded, so construction is deterministic too), cast, seeded re-init, eval."""
     import torch
 
-    with _fork_rng(seed), torch.device(device), _quiet_diffusers():
+    with _fork_rng(seed), torch.device(device), quiet_diffusers():
         module = make()
         module = module.to(dtype=dtype)
     seeded_init_(module, seed, prefix)
@@ -161,7 +161,7 @@ def _param_seed(seed: int, name: str) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_diffusers():
+def quiet_diffusers():
     """Silence diffusers' "modules that should be kept in float32: []" notice while casting synthetic models."""
     from diffusers.utils import logging as dlogging
 

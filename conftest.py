@@ -1,0 +1,62 @@
+"""Root conftest: shared options and fixtures. Markers live in pyproject.toml (--strict-markers).
+
+`pytest` runs the CPU tier (gpu deselected); `pytest -m gpu` the GPU numerics tier;
+`pytest -m gpu --benchmark-compare` the benchmarks against baselines/<this GPU>/ (see perf/README.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+# The benchmark/baseline plugin (GPU fingerprint in machine info, per-GPU storage, decision rule).
+if importlib.util.find_spec("fluxperf.bench.pytest_plugin") is not None:
+    pytest_plugins = ["fluxperf.bench.pytest_plugin"]
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+if importlib.util.find_spec("hypothesis") is not None:
+    from hypothesis import settings
+
+    # CI machines are small and shared: time limits per example would make tests flaky, not stricter.
+    settings.register_profile("fluxperf", deadline=None, print_blob=True)
+    settings.load_profile("fluxperf")
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests skip (with the reason) on machines without CUDA, even when selected with -m gpu."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False on this machine)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_schnell():
+    """A tiny synthetic schnell pipeline in float32 on CPU (shared; do not mutate: use tiny_pipe_factory)."""
+    from fluxperf.models import build_pipeline
+
+    pipe = build_pipeline("schnell", "tiny", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_pipe_factory():
+    """Build fresh tiny pipelines (for tests that apply recipes, which mutate the pipeline)."""
+    from fluxperf.models import build_pipeline
+
+    def make(variant="schnell", dtype="float32", **kw):
+        pipe = build_pipeline(variant, "tiny", dtype=dtype, **kw)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return make

@@ -1,0 +1,55 @@
+"""One shapes function for every (variant, height, width, batch)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fluxperf.model_configs import model_dims
+from fluxperf.shapes import ShapeSpec, image_ids, transformer_inputs, vae_latents
+
+
+@pytest.mark.parametrize("variant, h, w, img, txt", [
+    ("schnell", 1024, 1024, 4096, 256), ("dev", 1024, 1024, 4096, 512), ("kontext", 1024, 1024, 8192, 512),
+    ("dev", 768, 1360, 48 * 85, 512), ("schnell", 512, 512, 1024, 256)])
+def test_token_counts(variant, h, w, img, txt):
+    s = ShapeSpec(variant, h, w)
+    assert (s.image_tokens, s.text_tokens, s.attention_seq_len) == (img, txt, img + txt)
+
+
+@pytest.mark.parametrize("bad", [{"height": 1000}, {"width": 0}, {"batch": 0}, {"variant": "pro"}])
+def test_bad_shapes_are_refused_with_the_fix(bad):
+    args = {"variant": "dev", "height": 1024, "width": 1024, **bad}
+    with pytest.raises(ValueError) as info:
+        ShapeSpec(**args)
+    assert "Fix" in str(info.value) or "must be" in str(info.value)
+
+
+@settings(max_examples=30, deadline=None)
+@given(variant=st.sampled_from(["schnell", "dev", "kontext"]), h=st.integers(1, 8), w=st.integers(1, 8),
+       batch=st.integers(1, 3))
+def test_inputs_follow_the_spec(variant, h, w, batch):
+    spec = ShapeSpec(variant, 16 * h, 16 * w, batch, text_len=8)
+    dims = model_dims(variant, "tiny")
+    x = transformer_inputs(spec, dims, dtype=torch.float32)
+    for name, shape in spec.transformer_shapes(dims).items():
+        assert tuple(x[name].shape) == shape, name
+    assert ("guidance" in x) == (variant != "schnell")
+    assert tuple(vae_latents(spec, dims).shape) == (batch, 16, 2 * h, 2 * w)
+
+
+def test_image_ids_match_the_pipeline():
+    from diffusers import FluxPipeline
+
+    spec = ShapeSpec("dev", 64, 96)
+    ref = FluxPipeline._prepare_latent_image_ids(1, 4, 6, "cpu", torch.float32)
+    assert torch.equal(image_ids(spec), ref)
+    k = image_ids(ShapeSpec("kontext", 64, 96))
+    assert k.shape == (48, 3) and torch.equal(k[:24], ref) and (k[24:, 0] == 1).all()
+
+
+def test_inputs_are_seeded():
+    spec, dims = ShapeSpec("dev", 64, 64), model_dims("dev", "tiny")
+    a, b = transformer_inputs(spec, dims, seed=3), transformer_inputs(spec, dims, seed=3)
+    assert torch.equal(a["hidden_states"], b["hidden_states"])
+    assert not torch.equal(a["hidden_states"], transformer_inputs(spec, dims, seed=4)["hidden_states"])
