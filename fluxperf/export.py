@@ -174,8 +174,9 @@ def _package(component: str, module, example: ExampleInputs, spec, recipe, cache
     """Build (or reuse) and load one package; return (runner, facts for the report)."""
     configs = inductor_configs_for(recipe)
     inner = module.transformer if component == "transformer" else module.vae
-    key = ec.make_key(component, spec, str(next(inner.parameters()).dtype), ec.recipe_graph_parts(recipe, configs),
-                      ec.module_fingerprint(inner))
+    param = next(inner.parameters())
+    key = ec.make_key(component, spec, str(param.dtype), ec.recipe_graph_parts(recipe, configs),
+                      ec.module_fingerprint(inner), gpu_name=ec.current_gpu_name(param.device.index or 0))
 
     def build(tmp_path: str) -> None:
         compile_package(export_program(module, example), tmp_path, configs)

@@ -127,7 +127,8 @@ class _Adapter:
                     f"for {shape} ({self.spec!r}); AOTInductor packages have static shapes. Fix: call the pipeline "
                     f"with height={self.spec.height}, width={self.spec.width} and batch {self.spec.batch}, or run "
                     "apply_export again with a ShapeSpec for this call.")
-            out.append(value.to(device=device, dtype=dtype))
+            # packages assume the dense layout they were traced with; the pipeline passes guidance.expand(B)
+            out.append(value.to(device=device, dtype=dtype).contiguous())
         return out
 
 

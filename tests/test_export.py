@@ -108,6 +108,9 @@ def test_example_inputs_match_what_the_real_pipeline_passes(variant, batch):
     install_adapters(pipe, spec, lambda *a: seen.append(a) or torch.zeros_like(a[0]), ex)
     pipe.transformer(*args, **called)
     assert [(tuple(a.shape), a.dtype) for a in seen[0]] == [(tuple(e.shape), e.dtype) for e in ex.args]
+    assert all(a.is_contiguous() for a in seen[0])  # Kontext/dev pass guidance.expand(batch): stride 0
+    if variant == "kontext":
+        assert not called["guidance"].is_contiguous()  # ...so this test does cover the expand case
 
 
 def test_torch_export_of_tiny_transformer_on_cpu():
