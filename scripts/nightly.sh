@@ -8,6 +8,7 @@
 #   --allow-installed   when the nightly index cannot be reached, run against the torch already installed
 #                       (also NIGHTLY_ALLOW_INSTALLED=1); without it an unreachable index exits 2.
 #   --skip-install      do not try to install anything (local runs against the current environment).
+#   --install-project   after the nightly, `pip install -e '.[test,nvml]'` (a fresh environment: tox -e nightly).
 # Environment (all optional):
 #   OUT                      output directory (default runs/nightly/<date>); --out wins
 #   FLUXPERF_TORCH_INDEX     nightly wheel index (default https://download.pytorch.org/whl/nightly/cu130)
@@ -25,6 +26,7 @@ set -uo pipefail
 
 ALLOW=${NIGHTLY_ALLOW_INSTALLED:-0}
 SKIP_INSTALL=0
+INSTALL_PROJECT=0
 INDEX=${FLUXPERF_TORCH_INDEX:-https://download.pytorch.org/whl/nightly/cu130}
 TORCH_VERSION=${NIGHTLY_TORCH_VERSION:-}
 DATE=${NIGHTLY_DATE:-$(date -u +%F)}
@@ -34,12 +36,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --allow-installed) ALLOW=1 ;;
     --skip-install) SKIP_INSTALL=1 ;;
+    --install-project) INSTALL_PROJECT=1 ;;
     --index-url) INDEX=$2; shift ;;
     --torch-version) TORCH_VERSION=$2; shift ;;
     --date) DATE=$2; shift ;;
     --group) GROUP=$2; shift ;;
     --out) OUT_DIR=$2; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "nightly.sh: unknown argument '$1' (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -73,6 +76,10 @@ else
   elif [ "$rc" != 0 ]; then
     log "nightly install failed (exit $rc)"; exit 3
   fi
+fi
+if [ "$INSTALL_PROJECT" = 1 ]; then
+  "$PY" -m pip install --quiet -e ".[test,nvml]" 2>&1 | tee -a "$OUT_DIR/nightly.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || { log "installing the project failed"; exit 3; }
 fi
 TORCH_NOW=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo "not importable")
 log "torch under test: $TORCH_NOW"
