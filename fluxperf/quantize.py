@@ -62,7 +62,10 @@ def quantize_float8(module, cfg: QuantizeConfig) -> dict:
     # set_inductor_config=False: torchao would otherwise flip global inductor flags behind our back.
     config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=False)
     names = linear_names(module)
-    quantize_(module, config)
+    from .faults import active
+
+    if not active("skip_float8"):  # the fault exists to prove the engagement guard catches a silent skip
+        quantize_(module, config)
     converted = _float8_names(module)
     return {
         "torchao": getattr(torchao, "__version__", None),

@@ -1,0 +1,146 @@
+"""Measure a rung against the bf16 eager reference, and collect its engagement evidence.
+
+Used by the GPU numerics tier (tests/gpu/) and usable on its own. Everything is on fixed inputs: seeded prompt
+embeddings and initial noise, transformer inputs and VAE latents from fluxperf.shapes.
+
+Engagement evidence (what a guard checks besides closeness):
+    compiled_modules, graph_breaks, recompiles   torch.compile engaged, fullgraph, no recompiles over steps
+    float8_count / float8_expected               every eligible Linear became float8
+    attention_op_calls                           the custom attention op ran (profiler events per forward)
+    vae_channels_last                            VAE weights really are channels_last
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROMPT_SEED, NOISE_SEED = 1234, 0
+
+
+def fixed_inputs(pipe, spec_args) -> dict[str, Any]:
+    """Seeded inputs for one forward, one VAE decode and one image of `pipe` (on its device/dtype)."""
+    import torch
+
+    from .ladder_run import initial_latents
+    from .model_configs import dims_of_pipeline
+    from .shapes import ShapeSpec, transformer_inputs, vae_latents
+
+    spec = ShapeSpec(*spec_args)
+    dims = dims_of_pipeline(pipe)
+    device, dtype = pipe.transformer.device, pipe.transformer.dtype
+    g = torch.Generator("cpu").manual_seed(PROMPT_SEED)
+    embeds = torch.randn((spec.batch, spec.text_tokens, dims.joint_attention_dim), generator=g)
+    pooled = torch.randn((spec.batch, dims.pooled_projection_dim), generator=g)
+    return {
+        "spec": spec,
+        "transformer": transformer_inputs(spec, dims, device=device, dtype=dtype, seed=NOISE_SEED),
+        "latents": vae_latents(spec, dims, device=device, dtype=dtype, seed=NOISE_SEED),
+        "prompt_embeds": embeds.to(device, dtype), "pooled_prompt_embeds": pooled.to(device, dtype),
+        "noise": initial_latents(spec, dims, NOISE_SEED).to(device, dtype),
+    }
+
+
+def image_of(pipe, inputs: dict, steps: int = 4):
+    """The pipeline's image (HxWx3 float in [0, 1], numpy) on the fixed inputs."""
+    import torch
+
+    spec = inputs["spec"]
+    with torch.inference_mode():
+        out = pipe(prompt_embeds=inputs["prompt_embeds"].to(pipe.transformer.dtype),
+                   pooled_prompt_embeds=inputs["pooled_prompt_embeds"].to(pipe.transformer.dtype),
+                   latents=inputs["noise"].to(pipe.transformer.dtype), height=spec.height, width=spec.width,
+                   num_inference_steps=steps, guidance_scale=0.0, max_sequence_length=spec.text_tokens,
+                   output_type="np", generator=torch.Generator("cpu").manual_seed(NOISE_SEED))
+    return out.images[0]
+
+
+def measure_rung(name: str, reference: dict, *, variant: str = "schnell", size: str = "full") -> dict[str, Any]:
+    """Build, apply and measure one rung against `reference` (see tests/gpu/conftest.py for its keys)."""
+    import torch
+
+    from .apply import apply
+    from .ladder import recipe_from
+    from .metrics import compare_images, relative_error
+    from .models import build_pipeline
+
+    recipe = recipe_from(name)
+    inputs = reference["inputs"]
+    pipe = build_pipeline(variant, size, device="cuda", dtype=recipe.dtype, text_encoders=False)
+    pipe.set_progress_bar_config(disable=True)
+    stack = apply(pipe, recipe, spec=inputs["spec"], num_inference_steps=4)
+    counters = _dynamo_counters()
+    counters.clear()
+    with torch.inference_mode():
+        forward = pipe.transformer(**_cast(inputs["transformer"], pipe))[0].float()
+        vae = pipe.vae.decode(inputs["latents"].to(pipe.vae.dtype), return_dict=False)[0].float()
+    image = image_of(pipe, inputs)
+    graphs_after_first = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):  # steps 2..n and a 2nd image: no recompiles
+        image_again = image_of(pipe, inputs)
+    result = {
+        "rung": name, "applied": stack.to_dict(),
+        "forward_rel_err": relative_error(forward, reference["forward"]),
+        "vae_rel_err": relative_error(vae, reference["vae"]),
+        "image": compare_images(image, reference["image"]),
+        "image_repeatable": bool((image == image_again).all()),
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "unique_graphs": graphs_after_first,
+        "recompiles": counters["stats"]["unique_graphs"] - graphs_after_first,
+        "compiled_modules": (stack.compile or {}).get("compiled_modules", 0),
+        "float8_count": stack.float8_linear_count,
+        "float8_expected": _eligible_linears(pipe.transformer) if recipe.quantize.enabled else 0,
+        "attention": stack.step("attention"),
+        "attention_op_calls": _op_calls_per_forward(pipe, inputs, (stack.step("attention") or {}).get("op")),
+        "vae_channels_last": pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
+        "fused_modules": (stack.step("fuse_qkv") or {}).get("fused_attention_modules", 0),
+        "attention_modules": sum(type(m).__name__ == "FluxAttention" for m in pipe.transformer.modules()),
+    }
+    del pipe
+    return result
+
+
+def free_gpu() -> None:
+    """Drop compiled code and cached blocks so the next full-size model fits (one model at a time)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _cast(transformer_inputs: dict, pipe) -> dict:
+    import torch
+
+    dtype = pipe.transformer.dtype
+    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() and k not in
+                ("img_ids", "txt_ids", "guidance") else v) for k, v in transformer_inputs.items()}
+
+
+def _eligible_linears(module) -> int:
+    """Linear layers torchao can convert (both dims multiples of 16), counted independently of torchao."""
+    import torch
+
+    return sum(1 for m in module.modules() if isinstance(m, torch.nn.Linear)
+               and m.in_features % 16 == 0 and m.out_features % 16 == 0)
+
+
+def _op_calls_per_forward(pipe, inputs: dict, op_name: str | None) -> int:
+    """How many times the attention custom op ran in one (compiled) forward, from profiler events."""
+    if not op_name:
+        return 0
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    short = op_name.split("::")[-1]
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        pipe.transformer(**_cast(inputs["transformer"], pipe))
+    return sum(1 for e in prof.events() if e.name == op_name or e.name.endswith(f"::{short}"))
+
+
+def _dynamo_counters():
+    from torch._dynamo.utils import counters
+
+    return counters

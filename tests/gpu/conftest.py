@@ -1,0 +1,69 @@
+"""Fixtures of the GPU numerics tier: one full-size model on the GPU at a time, references computed once.
+
+The reference is the bf16 eager full-size synthetic schnell pipeline at 1024x1024: one transformer forward, one
+VAE decode and one 4-step image on fixed inputs (seeded prompt embeddings and initial noise). Each rung's
+pipeline is built fresh, measured once (module-scoped, parametrized by rung) and freed before the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+SLUG_ROOT = Path(__file__).resolve().parents[2] / "baselines"
+SPEC_ARGS = ("schnell", 1024, 1024, 1)
+
+
+@pytest.fixture(scope="session")
+def numerics_record():
+    """rung -> measured values; written to $OUT/numerics-measured.json at the end of the session."""
+    record: dict[str, dict] = {}
+    yield record
+    out = os.environ.get("OUT")
+    if record and out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "numerics-measured.json").write_text(json.dumps(record, indent=2))
+
+
+@pytest.fixture(scope="session")
+def gpu_slug():
+    from fluxperf.env import gpu_info
+
+    info = gpu_info()
+    if info is None:
+        pytest.skip("needs a CUDA GPU")
+    return info["slug"]
+
+
+@pytest.fixture(scope="session")
+def thresholds(gpu_slug):
+    from fluxperf.thresholds import load, path_for
+
+    path = path_for(SLUG_ROOT, gpu_slug)
+    if not path.exists():
+        pytest.fail(f"no numerics thresholds for this GPU ({gpu_slug}): {path} is missing. Fix: run the tier with "
+                    "FLUXPERF_NUMERICS_RECORD=1 and derive them with scripts/derive_thresholds.py.")
+    return load(path)
+
+
+@pytest.fixture(scope="session")
+def reference(gpu_slug):
+    """bf16 eager outputs on fixed inputs (kept on the GPU; small): forward, VAE decode, image."""
+    import torch
+
+    from fluxperf.models import build_pipeline
+    from fluxperf.numerics import fixed_inputs, free_gpu, image_of
+
+    pipe = build_pipeline("schnell", "full", device="cuda", dtype="bfloat16", text_encoders=False)
+    pipe.set_progress_bar_config(disable=True)
+    inputs = fixed_inputs(pipe, SPEC_ARGS)
+    with torch.inference_mode():
+        ref = {"forward": pipe.transformer(**inputs["transformer"])[0].float(),
+               "vae": pipe.vae.decode(inputs["latents"], return_dict=False)[0].float(),
+               "image": image_of(pipe, inputs), "inputs": inputs}
+    del pipe
+    free_gpu()
+    return ref
