@@ -101,6 +101,7 @@ def fa3_fp8_impl(q, k, v, softmax_scale=None, scaled=False, *, module=None) -> t
 def fa3_impl(q, k, v, softmax_scale=None, *, module=None) -> torch.Tensor:
     """Body of the CUDA kernel of fluxperf::fa3 (bf16/fp16 FA3)."""
     module = module or fa3_module()
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # FA3 needs unit stride in head_dim
     result = module.flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=False)
     out = unpack_output(result, _out_shape(q, v), f"{module.__name__}.flash_attn_func")
     return out.to(q.dtype).contiguous()
