@@ -180,8 +180,13 @@ def test_unpack_output_rejects_bad_results():
 
 def test_fa3_bf16_impl_with_stand_in():
     module, seen = _stand_in_fa3("tuple")
+    strides = []
+    inner = module.flash_attn_func
+    module.flash_attn_func = lambda q, k, v, **kw: strides.append(q.stride(-1)) or inner(q, k, v, **kw)
     q, k, v = _qkv(b=2, s=20)
-    out = ops.fa3_impl(q, k, v, module=module)
+    q_t = q.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, head_dim not unit-stride
+    out = ops.fa3_impl(q_t, k, v, module=module)
+    assert strides == [1]  # FA3 needs unit stride in head_dim
     assert seen["dtype"] == torch.bfloat16 and seen["descales"] == [None] * 3
     assert fp8.relative_error(out, _sdpa_fp32(q, k, v)) < 0.01
 
