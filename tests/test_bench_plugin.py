@@ -1,0 +1,142 @@
+"""The pytest plugin, run in-process with pytester: storage path from the GPU name, skip message, exit statuses."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib  # noqa: F401  (imported once here: pytester's in-process runs cannot re-import numpy)
+import pandas  # noqa: F401
+import pytest
+import scipy.stats  # noqa: F401
+import torch  # noqa: F401  (same reason: a C extension must not be imported twice in one process)
+
+from fluxperf.bench import EXIT_BASELINE_ERROR, EXIT_INCONCLUSIVE, EXIT_REGRESSION
+from fluxperf.bench.baseline import BASELINE_NAME, CREATE_COMMAND, build_baseline
+from fluxperf.bench.fakes import H100, fake_run, noisy
+
+pytest_plugins = ["pytester"]
+SLUG = "nvidia-h100-80gb-hbm3"
+NODE = "test_step.py::test_step"
+
+TEST_FILE = """
+import json, os
+from fluxperf.bench.pytest_plugin import judge
+
+def test_step(benchmark, request):
+    benchmark.pedantic(lambda: None, rounds=3)
+    current = {"fullname": request.node.nodeid, "stats": {"data": json.loads(os.environ["FAKE_SAMPLES"])},
+               "extra_info": json.loads(os.environ.get("FAKE_EXTRA", "{}"))}
+    judge(request.config, current)
+"""
+
+
+class FastMachineInfo:
+    """Skip py-cpuinfo (slow) in pytest-benchmark's machine info."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_benchmark_generate_machine_info(self):
+        return {"node": "test", "machine": "x86_64"}
+
+
+@pytest.fixture
+def project(pytester, monkeypatch):
+    monkeypatch.setenv("FLUXPERF_GPU_NAME", H100)
+    monkeypatch.delenv("FLUXPERF_BASELINES", raising=False)
+    monkeypatch.setenv("FAKE_SAMPLES", json.dumps(noisy(0.131, 20, seed=5)))
+    pytester.makeconftest('pytest_plugins = ["fluxperf.bench.pytest_plugin"]\n')
+    pytester.makepyfile(test_step=TEST_FILE)
+    return pytester
+
+
+def run(pytester, *args):
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *args, plugins=[FastMachineInfo()])
+
+
+def store_baseline(pytester, samples, gpu=H100, slug=SLUG):
+    baseline, _ = build_baseline([("r", fake_run({NODE: samples}, gpu=gpu))], command="test")
+    path = pytester.path / "baselines" / slug / BASELINE_NAME
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(baseline))
+    return path
+
+
+def test_storage_follows_the_detected_gpu_and_machine_info_has_it(project):
+    result = run(project, "--benchmark-json=out.json")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([f"fluxperf: GPU '{H100}' -> storage *baselines/{SLUG}; baseline: none"])
+    info = json.loads((project.path / "out.json").read_text())["machine_info"]["fluxperf"]
+    assert info["slug"] == SLUG and info["gpu"]["name"] == H100 and "torch" in info["versions"]
+
+
+def test_no_baseline_skips_comparison_and_names_the_command(project):
+    result = run(project, "--benchmark-compare")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([f"*no baseline for GPU '{H100}'*{CREATE_COMMAND}*"])
+
+
+def test_same_code_passes_with_exit_0(project):
+    store_baseline(project, noisy(0.131, 20, seed=1))
+    result = run(project, "--benchmark-compare")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["PASS test_step.py::test_step*", "fluxperf outcome: PASS*"])
+
+
+def test_regression_exits_10_with_a_clear_message(project, monkeypatch):
+    store_baseline(project, noisy(0.131, 20, seed=1))
+    monkeypatch.setenv("FAKE_SAMPLES", json.dumps([x * 1.05 for x in noisy(0.131, 20, seed=5)]))
+    result = run(project, "--benchmark-compare", "--fluxperf-report", "rep")
+    assert result.ret == EXIT_REGRESSION
+    result.stdout.fnmatch_lines(["REGRESSION test_step.py::test_step: median * ms (baseline) -> * ms (current)*",
+                                 "fluxperf outcome: REGRESSION (exit status 10*"])
+    assert (project.path / "rep" / "report.csv").exists()
+
+
+def test_throttled_measurement_exits_11_not_10(project, monkeypatch):
+    store_baseline(project, noisy(0.131, 20, seed=1))
+    monkeypatch.setenv("FAKE_SAMPLES", json.dumps([x * 2.5 for x in noisy(0.131, 20, seed=5)]))
+    monkeypatch.setenv("FAKE_EXTRA", json.dumps({"monitor": {"verdict": {"throttled": True,
+                                                                         "reasons": ["hw_thermal in 9/10"]}}}))
+    result = run(project, "--benchmark-compare")
+    assert result.ret == EXIT_INCONCLUSIVE
+    result.stdout.fnmatch_lines(["INCONCLUSIVE test_step.py::test_step*GPU throttled: hw_thermal*"])
+
+
+def test_corrupt_or_foreign_baseline_is_an_error(project):
+    path = store_baseline(project, noisy(0.131, 20, seed=1), gpu="NVIDIA H200", slug=SLUG)
+    result = run(project, "--benchmark-compare")
+    assert result.ret == EXIT_BASELINE_ERROR
+    assert "recorded on GPU 'nvidia-h200'" in result.stderr.str() + result.stdout.str()
+    path.write_text("{")
+    assert run(project, "--benchmark-compare").ret == EXIT_BASELINE_ERROR
+
+
+def test_benchmark_compare_fail_on_the_command_line_overrides(project, monkeypatch):
+    store_baseline(project, noisy(0.131, 20, seed=1))
+    monkeypatch.setenv("FAKE_SAMPLES", json.dumps([x * 1.05 for x in noisy(0.131, 20, seed=5)]))
+    # pytest-benchmark compares its own pedantic stats (a no-op: far faster than the baseline): no failure
+    result = run(project, "--benchmark-compare", "--benchmark-compare-fail=median:5%")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*--benchmark-compare-fail decides the exit status*"])
+
+
+def test_inert_without_benchmark_options_or_gpu(project, monkeypatch):
+    monkeypatch.delenv("FLUXPERF_GPU_NAME")
+    result = run(project, "--benchmark-compare")
+    assert result.ret == 0 and "fluxperf" not in result.stdout.str()
+    monkeypatch.setenv("FLUXPERF_GPU_NAME", H100)
+    assert "fluxperf" not in run(project).stdout.str()
+    assert not (project.path / "baselines").exists()
+
+
+def test_saving_into_the_baselines_directory_is_refused(project):
+    result = run(project, "--benchmark-save=x")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "fluxperf baseline update" in result.stderr.str()
+
+
+def test_benchmark_compare_fail_still_fails_on_its_own_check(project, monkeypatch):
+    store_baseline(project, [1e-9] * 20)  # pytest-benchmark's no-op rounds are far slower than this
+    monkeypatch.setenv("FAKE_SAMPLES", json.dumps([1e-9] * 20))  # our rule: unchanged
+    result = run(project, "--benchmark-compare", "--benchmark-compare-fail=median:5%")
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR  # pytest-benchmark raises PerformanceRegression
+    assert "Performance has regressed" in result.stdout.str() + result.stderr.str()
