@@ -81,11 +81,13 @@ if [ "$INSTALL_PROJECT" = 1 ]; then
   "$PY" -m pip install --quiet -e ".[test,nvml]" 2>&1 | tee -a "$OUT_DIR/nightly.log"
   [ "${PIPESTATUS[0]}" = 0 ] || { log "installing the project failed"; exit 3; }
 fi
-TORCH_NOW=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo "not importable")
-log "torch under test: $TORCH_NOW"
-NOTES+=("torch under test: $TORCH_NOW")
-SLUG=$("$PY" -c 'from fluxperf.env import gpu_info, gpu_slug; i = gpu_info(); print(i["slug"] if i else gpu_slug(None))' \
-       2>/dev/null || echo cpu)
+# one interpreter start (torch imports take seconds): "<torch version> <gpu slug>"
+read -r TORCH_NOW SLUG < <("$PY" -c 'import torch
+from fluxperf.env import gpu_info, gpu_slug
+info = gpu_info()
+print(torch.__version__, info["slug"] if info else gpu_slug(None))' 2>/dev/null || echo "not-importable cpu")
+log "torch under test: $TORCH_NOW (GPU $SLUG)"
+NOTES+=("torch under test: $TORCH_NOW (GPU $SLUG)")
 BASELINE_DIR=${FLUXPERF_BASELINES:-baselines}/$SLUG
 
 # -- 2. numerics tier ------------------------------------------------------------------------------------

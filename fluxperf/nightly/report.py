@@ -13,7 +13,10 @@ from pathlib import Path
 from .changepoint import ChangePoint
 from .confirm import Confirmation
 
-_TIER_MEANING = {0: "passed", None: "not run"}
+# pytest's exit statuses, then the perf tier's (fluxperf.bench): 10 regression, 11 inconclusive, 12 baseline error.
+_TIER_MEANING = {None: "not run", 0: "passed", 1: "tests failed", 2: "interrupted", 3: "internal error",
+                 4: "usage error", 5: "no tests collected", 10: "regression flagged", 11: "inconclusive",
+                 12: "baseline error", 127: "command not found"}
 
 
 def nightly_summary(entries: Iterable[dict], date: str, *, tiers: dict[str, int | None] | None = None,
@@ -29,7 +32,7 @@ def nightly_summary(entries: Iterable[dict], date: str, *, tiers: dict[str, int 
         tiers: tier name -> exit status (None = not run).
         confirmation: result of fluxperf.nightly.confirm.confirm for this date.
         changepoints: benchmark -> change points (fluxperf.nightly.changepoint.detect_changes).
-        explanations: benchmark -> markdown kernel-diff table (fluxperf.nightly.kernels.to_markdown).
+        explanations: key -> markdown kernel diff with its own heading (what `fluxperf explain --out` writes).
         plots: trend PNG paths (listed by file name; they travel as artifacts).
         notes: extra lines (e.g. "nightly install impossible: ...; ran against torch 2.11.0").
     """
@@ -41,7 +44,7 @@ def nightly_summary(entries: Iterable[dict], date: str, *, tiers: dict[str, int 
     out += [f"- note: {n}" for n in notes]
     if tiers:
         out += ["", "## Tiers", "", "| tier | exit | meaning |", "|---|---:|---|"]
-        out += [f"| {k} | {'–' if v is None else v} | {_TIER_MEANING.get(v, 'FAILED')} |" for k, v in tiers.items()]
+        out += [f"| {k} | {'–' if v is None else v} | {_TIER_MEANING.get(v, 'failed')} |" for k, v in tiers.items()]
     out += ["", "## Benchmarks", ""] + _bench_table(tonight, confirmation)
     if confirmation is not None:
         out += ["", "## Regression confirmation", ""]
@@ -55,8 +58,10 @@ def nightly_summary(entries: Iterable[dict], date: str, *, tiers: dict[str, int 
     out += [f"- `{name}`: step {cp.rel_change:+.1%} began at nightly {cp.label or cp.index} "
             f"({cp.before_mean:.3f} → {cp.after_mean:.3f} ms, p={cp.p_value:.3g})"
             for name, points in sorted(cps.items()) for cp in points] or ["- none"]
-    for name, table in sorted((explanations or {}).items()):
-        out += ["", f"## Kernel diff: `{name}`", "", table.rstrip()]
+    if explanations:
+        out += ["", "## Kernel diffs (profiled re-run vs the baseline's kernel table)"]
+        for _, table in sorted(explanations.items()):
+            out += ["", table.rstrip()]
     plot_names = [Path(p).name for p in plots]
     if plot_names:
         out += ["", "## Trend plots (artifacts)", ""] + [f"- {p}" for p in plot_names]

@@ -80,7 +80,7 @@ def render_trend(name: str, points: list[dict], changepoints: Sequence[ChangePoi
 
 
 def _tick(point: dict) -> str:
-    torch = point.get("torch") or ""
+    torch = (point.get("torch") or "").split("+")[0]  # the local tag (+cu130) is the same on every tick
     return f"{point['date']}\n{torch}" if torch else point["date"]
 
 
