@@ -97,19 +97,25 @@ RC_NUM=${PIPESTATUS[0]}
 log "numerics tier exit $RC_NUM"
 
 # -- 3. perf tier (+ one confirming re-run with kernel tables when anything is flagged) -------------------
-run_perf() {  # $1 = attempt number; extra args follow
+# scripts/perf-tier.sh GROUP --compare [-- PYTEST_ARGS]: exit 0 pass, 10 regression, 11 inconclusive, 12 baseline
+# error; it packs every group's benchmark JSON into $OUT/perf-GROUP.tar.gz.
+run_perf() {  # $1 = attempt number; further args go to pytest (after the tier's `--`)
   local attempt=$1; shift
-  local json="$OUT_DIR/records/attempt$attempt.json"
-  OUT="$OUT_DIR/perf$attempt" bash "$PERF_TIER" "$GROUP" --benchmark-compare --benchmark-json="$json" "$@" \
-    2>&1 | tee "$OUT_DIR/perf$attempt.log"
+  local dir="$OUT_DIR/perf$attempt"
+  local pytest_args=(); [ $# -gt 0 ] && pytest_args=(-- "$@")
+  OUT="$dir" bash "$PERF_TIER" "$GROUP" --compare "${pytest_args[@]}" 2>&1 | tee "$OUT_DIR/perf$attempt.log"
   local rc=${PIPESTATUS[0]}
-  if [ ! -s "$json" ]; then  # the tier may have written its own --benchmark-json under its OUT
-    local found
-    found=$(grep -l '"benchmarks"' "$OUT_DIR/perf$attempt"/*.json 2>/dev/null | head -n 1)
-    [ -n "$found" ] && cp "$found" "$json"
-  fi
-  if [ -s "$json" ]; then
-    fluxperf history append --records "$json" --date "$DATE" --attempt "$attempt" --baseline "$BASELINE_DIR" \
+  # every group's --benchmark-json is in the tier's tarball ($dir/<group>.json is only the last group's)
+  mkdir -p "$dir/unpacked"
+  [ -f "$dir/perf-$GROUP.tar.gz" ] && tar -xzf "$dir/perf-$GROUP.tar.gz" -C "$dir/unpacked" 2>/dev/null
+  local records=() f
+  for f in "$dir"/unpacked/*.json; do
+    [ -s "$f" ] && grep -q '"benchmarks"' "$f" && records+=("$f")
+  done
+  [ ${#records[@]} = 0 ] && [ -s "$dir/$GROUP.json" ] && records=("$dir/$GROUP.json")
+  for f in "${records[@]}"; do cp "$f" "$OUT_DIR/records/attempt$attempt-$(basename "$f")"; done
+  if [ ${#records[@]} -gt 0 ]; then
+    fluxperf history append --records "${records[@]}" --date "$DATE" --attempt "$attempt" --baseline "$BASELINE_DIR" \
       2>&1 | tee -a "$OUT_DIR/nightly.log"
   else
     log "perf attempt $attempt wrote no benchmark records"
@@ -128,10 +134,10 @@ fluxperf history confirm --date "$DATE" --names-out "$OUT_DIR/flagged.txt" 2>&1 
 RC_CONF=${PIPESTATUS[0]}
 
 # -- 4. explain flagged benchmarks, trends, change points, summary ----------------------------------------
-if [ -s "$OUT_DIR/flagged.txt" ] && [ -s "$OUT_DIR/records/attempt2.json" ]; then
+if [ -s "$OUT_DIR/flagged.txt" ] && compgen -G "$OUT_DIR/records/attempt2-*.json" > /dev/null; then
   while IFS= read -r name; do
     fluxperf explain --benchmark "$name" --baseline-dir "$BASELINE_DIR/kernels" \
-      --current-json "$OUT_DIR/records/attempt2.json" --out "$OUT_DIR/explain" >/dev/null 2>>"$OUT_DIR/nightly.log" \
+      --current-json "$OUT_DIR"/records/attempt2-*.json --out "$OUT_DIR/explain" >/dev/null 2>>"$OUT_DIR/nightly.log" \
       || NOTES+=("no kernel diff for $name (no baseline kernel table or no profiled re-run; see nightly.log)")
   done < "$OUT_DIR/flagged.txt"
 fi

@@ -19,11 +19,15 @@ BASE_KERNELS = [{"name": "gemm_bf16", "count": 4, "cuda_time_us": 400.0},
 SLOW_KERNELS = [{"name": "gemm_bf16", "count": 4, "cuda_time_us": 520.0},
                 {"name": "flash_fwd", "count": 2, "cuda_time_us": 100.0},
                 {"name": "injected_cast_fp32", "count": 2, "cuda_time_us": 60.0}]
-# The fake perf tier: writes a regressed record where --benchmark-json says, with a kernel table when asked.
+# The fake perf tier, with scripts/perf-tier.sh's interface (GROUP --compare [-- PYTEST_ARGS]) and outputs
+# ($OUT/perf-GROUP.tar.gz with every group's JSON): a regressed record, with a kernel table when asked.
 FAKE_PERF = f"""#!/usr/bin/env bash
-for a in "$@"; do case $a in --benchmark-json=*) json=${{a#*=}};; --fluxperf-kernel-tables) kt=1;; esac; done
-{sys.executable} -m fluxperf.nightly.synthetic "$json" --name '{NAME}' --median 130 --verdict regression \\
-  ${{kt:+--kernel-table "$FAKE_KERNELS"}} || exit 99
+group=$1; shift; [ "$1" = --compare ] || exit 2; shift
+for a in "$@"; do [ "$a" = --fluxperf-kernel-tables ] && kt=1; done
+work=$(mktemp -d); mkdir -p "$OUT"
+{sys.executable} -m fluxperf.nightly.synthetic "$work/$group.json" --name '{NAME}' --median 130 \\
+  --verdict regression ${{kt:+--kernel-table "$FAKE_KERNELS"}} || exit 99
+tar -czf "$OUT/perf-$group.tar.gz" -C "$work" . && cp "$work/$group.json" "$OUT/$group.json"
 exit 10
 """
 

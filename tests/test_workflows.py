@@ -85,7 +85,7 @@ def test_tox_envs_and_the_scripts_they_call():
     assert {"unit", "gpu", "perf", "nightly", "lint"} <= envs
     assert "torch==2.13.0" in cfg["testenv:unit"]["deps"] and "pytest -q" in cfg["testenv:unit"]["commands"]
     assert "ruff check" in cfg["testenv:lint"]["commands"]
-    assert "--benchmark-compare" in cfg["testenv:perf"]["commands"]
+    assert "perf-tier.sh" in cfg["testenv:perf"]["commands"] and "--compare" in cfg["testenv:perf"]["commands"]
     commands = [cfg[f"testenv:{e}"]["commands"] for e in envs]
     for script in scripts_called(commands):
         if script in CONTRACTED and not (ROOT / script).exists():

@@ -75,8 +75,8 @@ def _register_explain(subparsers) -> None:
     cur = p.add_mutually_exclusive_group(required=True)
     cur.add_argument("--current-table", help="current kernel table CSV")
     cur.add_argument("--current-dir", help="directory of current kernel tables named by kernel_table_path")
-    cur.add_argument("--current-json", help="pytest-benchmark JSON run with --fluxperf-kernel-tables "
-                                            "(the table is in the benchmark's extra_info)")
+    cur.add_argument("--current-json", nargs="+", help="pytest-benchmark JSON file(s) run with "
+                                                        "--fluxperf-kernel-tables (the table is in extra_info)")
     cur.add_argument("--target", help="module:factory returning a zero-argument callable to profile now")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--out", help="directory to save <benchmark>.md and <benchmark>.csv")
@@ -219,19 +219,19 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def _table_from_json(path: str, benchmark: str):
+def _table_from_json(paths: list[str], benchmark: str):
     from fluxperf.nightly.history import benchmark_key
     from fluxperf.nightly.kernels import table_from_records
 
-    doc = json.loads(Path(path).read_text())
-    for bench in doc.get("benchmarks") or []:
-        if benchmark_key(bench) == benchmark:
-            records = (bench.get("extra_info") or {}).get("kernel_table")
-            if not records:
-                raise SystemExit(f"{path}: benchmark {benchmark!r} has no extra_info.kernel_table; re-run it with "
-                                 "--fluxperf-kernel-tables.")
-            return table_from_records(records)
-    raise SystemExit(f"{path} has no benchmark {benchmark!r}.")
+    for path in paths:
+        for bench in json.loads(Path(path).read_text()).get("benchmarks") or []:
+            if benchmark_key(bench) == benchmark:
+                records = (bench.get("extra_info") or {}).get("kernel_table")
+                if not records:
+                    raise SystemExit(f"{path}: benchmark {benchmark!r} has no extra_info.kernel_table; re-run it "
+                                     "with --fluxperf-kernel-tables.")
+                return table_from_records(records)
+    raise SystemExit(f"no benchmark {benchmark!r} in {paths}.")
 
 
 def _load_target(spec: str):
