@@ -174,7 +174,9 @@ def cache_dit_stats(pipe) -> dict:
     Returns:
         {"cached_steps": steps served from the cache, "executed_steps": steps whose blocks all ran
          (total - cached), "total_steps": transformer steps of the call, "cached_step_indices": [...],
-         "residual_diffs": {step: relative L1 diff of the Fn residual}, "num_inference_steps": configured}.
+         "residual_diffs": {step: relative mean |diff| of the Fn residual vs the last computed step; a step
+         is cached when it is < threshold; thresholds >= 1 cache unconditionally and measure nothing},
+         "num_inference_steps": configured}.
     """
     state = _state(pipe, "cache_dit_stats")
     cache_dit = require("cache_dit")
@@ -189,7 +191,8 @@ def cache_dit_stats(pipe) -> dict:
     total = int(s.accumulated_executed_steps)
     return {"cached_steps": len(cached), "executed_steps": total - len(cached), "total_steps": total,
             "cached_step_indices": cached,
-            "residual_diffs": {int(k): float(v) for k, v in s.residual_diffs.items()},
+            # cache-dit logs -1.0 for "threshold >= 1: always cache, no diff computed"; keep real measurements only
+            "residual_diffs": {int(k): float(v) for k, v in s.residual_diffs.items() if float(v) >= 0},
             "num_inference_steps": state.num_inference_steps}
 
 

@@ -207,7 +207,10 @@ def _post_hook(state: _State):
     def hook(module, args, kwargs, output):
         manager = state.head.state_manager
         try:
-            if manager._context is not None and manager.context.name == "cond":
+            if output is None:  # the forward raised: drop the call's partial state so the next call starts clean
+                state.decisions.clear()
+                module._reset_stateful_cache()
+            elif manager._context is not None and manager.context.name == "cond":
                 state.decisions.append(bool(manager.get_state().should_compute))
         finally:
             if state.own_context is not None:
