@@ -121,8 +121,8 @@ class PerfRunner:
             def generate():
                 with torch.no_grad():
                     return pipe(PROMPT, height=SPEC.height, width=SPEC.width, num_inference_steps=STEPS,
-                                guidance_scale=0.0, generator=torch.Generator("cuda").manual_seed(0),
-                                output_type="pil").images
+                                guidance_scale=0.0, max_sequence_length=SPEC.text_tokens,
+                                generator=torch.Generator("cuda").manual_seed(0), output_type="pil").images
 
             first = timed_call(generate)
             return Bench(self.request, self.benchmark).run(

@@ -54,3 +54,20 @@ def test_hooks_run_extra_matmuls_and_keep_outputs(tiny_pipe_factory):
             h.remove()
     assert len(calls) == len(handles)  # one injected matmul per block
     assert torch.equal(out, ref)  # the 1e-30-scaled dependency does not change bf16 values
+
+
+def test_hook_traces_without_graph_breaks_under_fullgraph_compile(tiny_pipe_factory):
+    """The perf rungs compile blocks with fullgraph=True: the injected hook must trace cleanly (eager backend)."""
+    import torch
+
+    pipe = tiny_pipe_factory(dtype="float32", text_encoders=False)
+    block = pipe.transformer.transformer_blocks[0]
+    spec = ShapeSpec("schnell", 64, 64)
+    install_slowdown(pipe.transformer, 0.05, spec)
+    d = block.norm1.linear.in_features
+    h, e, temb = torch.randn(1, 16, d), torch.randn(1, 8, d), torch.randn(1, d)
+    compiled = torch.compile(block, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        enc, hid = compiled(hidden_states=h, encoder_hidden_states=e, temb=temb)
+        ref_enc, ref_hid = block(hidden_states=h, encoder_hidden_states=e, temb=temb)
+    assert torch.allclose(hid, ref_hid) and torch.allclose(enc, ref_enc)

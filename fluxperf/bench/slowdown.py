@@ -2,7 +2,7 @@
 
 With FLUXPERF_INJECT_SLOWDOWN=0.05 set, the perf fixtures call `install_slowdown` on the transformer before
 optimizing it: a forward hook on each of the 57 blocks multiplies the block's image hidden states
-(B, S_img, D) by an extra (D, m) bf16 matrix, with m chosen so the extra matmuls add `fraction` of the block's
+(B, S_img, D), the second output of both block kinds, by an extra (D, m) bf16 matrix, with m chosen so the extra matmuls add `fraction` of the block's
 FLOPs (linear + attention). The extra result feeds the output through a 1e-30-scaled mean (so no compiler
 can drop it, and the values do not change in bf16). The realized slowdown is *about* the fraction: the extra
 GEMM runs at a somewhat different efficiency than the step (the comparison report shows the real change).
@@ -62,15 +62,16 @@ def install_slowdown(transformer, fraction: float, spec) -> list:
     gen = torch.Generator(device=device).manual_seed(1234)
     weight = torch.randn(d, m, device=device, dtype=torch.bfloat16, generator=gen) * d**-0.5
 
+    def bump(t):
+        extra = t.to(torch.bfloat16) @ weight  # (B, S_img, m): the injected work
+        return (extra.float().mean() * 1e-30).to(t.dtype)
+
     def hook(module, args, output):
-        tensors = output if isinstance(output, tuple) else (output,)
-        i = max(range(len(tensors)), key=lambda j: tensors[j].numel() if torch.is_tensor(tensors[j]) else -1)
-        t = tensors[i]
-        extra = t.to(torch.bfloat16) @ weight  # (B, S, m): the injected work
-        bumped = t + (extra.float().mean() * 1e-30).to(t.dtype)
-        if not isinstance(output, tuple):
-            return bumped
-        return tuple(bumped if j == i else x for j, x in enumerate(tensors))
+        # both FLUX block kinds return (encoder_hidden_states, hidden_states); the image stream is second
+        if isinstance(output, tuple):
+            encoder_hidden_states, hidden_states = output
+            return encoder_hidden_states, hidden_states + bump(hidden_states)
+        return output + bump(output)
 
     blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
     return [block.register_forward_hook(hook) for block in blocks]
