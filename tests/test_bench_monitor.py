@@ -74,3 +74,13 @@ def test_monitor_without_nvml_reports_unavailable(monkeypatch):
     with GpuMonitor() as mon:
         pass
     assert mon.summary["available"] is False and mon.summary["verdict"]["throttled"] is False
+
+
+def test_sampling_failure_is_recorded_not_hidden():
+    class Failing(FakeReader):
+        def read(self):
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+
+    with GpuMonitor(reader=Failing(series(1, 1650)), interval_s=0.001) as mon:
+        pass
+    assert "GPU_IS_LOST" in mon.summary["sampling_error"]

@@ -175,6 +175,7 @@ class GpuMonitor:
     samples: list[Sample] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     unavailable: str | None = None
+    sampling_error: str | None = None
 
     def __enter__(self) -> GpuMonitor:
         if self.reader is None:
@@ -191,7 +192,7 @@ class GpuMonitor:
         self._stop.set()
         if self.reader:
             self._thread.join()
-            self.samples.append(self.reader.read())
+            self._read_into_samples()
         window = time.monotonic() - self._t0
         if not self.reader:
             self.summary = {"available": False, "why": self.unavailable, "verdict": ThrottleVerdict(False).to_dict()}
@@ -200,11 +201,21 @@ class GpuMonitor:
         delta = {k: c1[k] - self._c0[k] for k in c1 if k in self._c0}
         self.summary = summarize(self.samples, max_sm_clock_mhz=self.reader.max_sm_clock_mhz,
                                  counters_delta_ns=delta, window_s=window)
+        if self.sampling_error:
+            self.summary["sampling_error"] = self.sampling_error
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(self.reader.read())
+        while not self._stop.is_set() and self._read_into_samples():
             self._stop.wait(self.interval_s)
+
+    def _read_into_samples(self) -> bool:
+        """Append one sample; on an NVML failure record it in the summary and stop sampling (False)."""
+        try:
+            self.samples.append(self.reader.read())
+            return True
+        except Exception as exc:  # pynvml.NVMLError (no common importable base): recorded, reported, not hidden
+            self.sampling_error = f"{type(exc).__name__}: {exc}"
+            return False
 
 
 def _default_reader(monitor: GpuMonitor):

@@ -20,6 +20,7 @@ machine with a GPU (NVML answers, or $FLUXPERF_GPU_NAME names one):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def pytest_addoption(parser):
     group.addoption("--perf-group", action="append", default=[], metavar="NAME",
                     help=f"run only this perf-tier group (repeatable, or comma-separated): {', '.join(GROUPS)}")
     group.addoption("--fluxperf-baselines", default=None, metavar="DIR",
-                    help="root of the per-GPU baselines (default: <rootdir>/baselines)")
+                    help="root of the per-GPU baselines (default: $FLUXPERF_BASELINES or <rootdir>/baselines)")
     group.addoption("--fluxperf-kernel-tables", action="store_true", default=False,
                     help="store a kernel table per benchmark in extra_info (for `fluxperf baseline update`)")
     group.addoption("--fluxperf-report", default=None, metavar="DIR",
@@ -163,11 +164,12 @@ def _benchmarks_requested(config) -> bool:
 def _configure_storage(config, state: FluxperfState, gpu_name: str) -> None:
     from ..env import gpu_slug
     from ..errors import BaselineError
-    from .baseline import CREATE_COMMAND, baseline_path, load_baseline
+    from .baseline import CREATE_COMMAND, ROOT_ENV, baseline_path, load_baseline
 
     opt = config.option
     state.active, state.gpu_name, state.slug = True, gpu_name, gpu_slug(gpu_name)
-    state.root = Path(config.getoption("fluxperf_baselines") or config.rootpath / "baselines").resolve()
+    state.root = Path(config.getoption("fluxperf_baselines") or os.environ.get(ROOT_ENV)
+                      or config.rootpath / "baselines").resolve()
     if getattr(opt, "benchmark_storage", None) == DEFAULT_STORAGE:
         opt.benchmark_storage = f"file://{state.root / state.slug}"
         if opt.benchmark_save or opt.benchmark_autosave:
