@@ -8,6 +8,7 @@ transformer blocks before optimization, for the regression demo.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 
@@ -44,8 +45,8 @@ def require_rung(name: str):
 class PerfRunner:
     """Builds, optimizes, measures and frees one benchmark's pipeline."""
 
-    def __init__(self, request, benchmark, tmp_path):
-        self.request, self.benchmark, self.tmp_path = request, benchmark, tmp_path
+    def __init__(self, request, benchmark):
+        self.request, self.benchmark = request, benchmark
 
     # -- the three kinds of benchmark ---------------------------------------------------------------------
     def transformer_step(self, rung_name: str) -> dict:
@@ -131,14 +132,17 @@ class PerfRunner:
                 dyn_before=dyn0)
 
     def _prepare(self, recipe, *, text_encoders: bool, slowdown: bool = True):
-        """Build the full pipeline on the GPU, maybe inject the test-only slowdown, apply the recipe (timed)."""
+        """Build the full pipeline on the GPU, maybe inject the test-only slowdown, apply the recipe (timed).
+
+        Called inside fresh_compile_cache() (TORCHINDUCTOR_CACHE_DIR is the fresh directory).
+        """
         from fluxperf.apply import apply
         from fluxperf.bench.harness import dynamo_counts
         from fluxperf.bench.slowdown import install_slowdown, slowdown_fraction
         from fluxperf.models import build_pipeline
 
-        if recipe.export.enabled:  # a private package cache: the export's compile is cold too
-            recipe = recipe.replace(export={"cache_dir": str(self.tmp_path / "aoti")})
+        if recipe.export.enabled:  # packages inside the fresh inductor cache dir: cold, and deleted afterwards
+            recipe = recipe.replace(export={"cache_dir": os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "aoti")})
         pipe = build_pipeline(SPEC.variant, "full", device="cuda", dtype="bfloat16", text_encoders=text_encoders)
         pipe.set_progress_bar_config(disable=True)
         fraction = slowdown_fraction() if slowdown else None
@@ -179,6 +183,6 @@ def _warm_compile(fn):
 
 
 @pytest.fixture
-def perf(request, benchmark, tmp_path):
+def perf(request, benchmark):
     """The perf-tier runner (see PerfRunner)."""
-    return PerfRunner(request, benchmark, tmp_path)
+    return PerfRunner(request, benchmark)
