@@ -153,7 +153,7 @@ def apply_cache_dit(pipe, cfg, *, variant: str, num_inference_steps: int) -> dic
     if cfg.Fn + cfg.Bn >= blocks:
         raise RecipeError(
             f"cache_dit.Fn={cfg.Fn} + cache_dit.Bn={cfg.Bn} >= {blocks} transformer blocks: no middle block is left "
-            f"to cache. Fix: Fn + Bn < {blocks} (e.g. F8B0 or F1B0 on the tiny model's blocks, F12B12 on FLUX.1)."
+            f"to cache. Fix: Fn + Bn < {blocks} (F1B0 fits the tiny model's 3 blocks; F12B12, F8B0 fit FLUX.1's 57)."
         )
     state = _State(cfg=cfg, num_inference_steps=num_inference_steps, variant=variant,
                    module_order=list(pipe.transformer._modules))
