@@ -131,6 +131,8 @@ def apply_cache_dit(pipe, cfg, *, variant: str, num_inference_steps: int) -> dic
         variant: "dev" or "kontext" ("schnell" is refused).
         num_inference_steps: steps of every following call (a call with another count raises).
 
+    A threshold >= 1 makes cache-dit cache every step after warm-up without measuring anything (its rule).
+
     Returns:
         {"enabled", "kind", "config" (cache-dit's strify string), "Fn", "Bn", "threshold", "max_warmup_steps",
          "max_cached_steps", "max_continuous_cached_steps", "num_inference_steps", "blocks",
@@ -177,6 +179,13 @@ def cache_dit_stats(pipe) -> dict:
          "residual_diffs": {step: relative mean |diff| of the Fn residual vs the last computed step; a step
          is cached when it is < threshold; thresholds >= 1 cache unconditionally and measure nothing},
          "num_inference_steps": configured}.
+
+    Args:
+        pipe: a pipeline prepared with apply_cache_dit.
+
+    Example:
+        >>> cache_dit_stats(pipe)["cached_step_indices"]  # doctest: +SKIP
+        [8, 10, 11, 13]
     """
     state = _state(pipe, "cache_dit_stats")
     cache_dit = require("cache_dit")
@@ -202,6 +211,12 @@ def disable_cache_dit(pipe) -> None:
     Besides cache_dit.disable_cache this undoes what cache-dit 1.5.3 leaves behind: its patched transformer
     forward (an instance attribute) and the order of the transformer's child modules, which its per-call
     `mock.patch.object` reshuffles (diffusers' first-block cache picks head/tail blocks in that order).
+
+    Args:
+        pipe: a pipeline prepared with apply_cache_dit (anything else raises FluxperfError).
+
+    Example:
+        >>> disable_cache_dit(pipe)  # doctest: +SKIP
     """
     state = _state(pipe, "disable_cache_dit")
     cache_dit = require("cache_dit")
@@ -214,7 +229,8 @@ def disable_cache_dit(pipe) -> None:
         del transformer.forward
     transformer.__dict__.pop("_is_patched", None)
     modules = transformer._modules
-    transformer._modules = type(modules)((name, modules[name]) for name in state.module_order)
+    order = [n for n in state.module_order if n in modules] + [n for n in modules if n not in state.module_order]
+    transformer._modules = type(modules)((name, modules[name]) for name in order)
     delattr(pipe, _STATE_ATTR)
 
 
@@ -223,6 +239,14 @@ def refresh_cache_dit(pipe, num_inference_steps: int) -> dict:
     cache-dit 1.5.3: its refresh_context only handles transformer-only contexts and skips pipelines).
 
     Works after regional compile: the blocks themselves are not modified by cache-dit.
+
+    Args:
+        pipe: a pipeline prepared with apply_cache_dit.
+        num_inference_steps: the new step count.
+
+    Example:
+        >>> refresh_cache_dit(pipe, 50)["config"]  # doctest: +SKIP
+        'DBCache_F12B12_W8I1M0MC0_R0.12_N50'
     """
     state = _state(pipe, "refresh_cache_dit")
     check_steps(num_inference_steps, state.cfg.max_warmup_steps, "cache_dit")
@@ -237,6 +261,7 @@ def refresh_cache_dit(pipe, num_inference_steps: int) -> dict:
 
 
 def is_cache_dit_enabled(pipe) -> bool:
+    """True if apply_cache_dit enabled cache-dit on `pipe` (and disable_cache_dit has not run since)."""
     return getattr(pipe, _STATE_ATTR, None) is not None
 
 

@@ -114,6 +114,13 @@ def first_block_cache_stats(pipe) -> dict:
     Returns:
         {"cached_steps": steps whose remaining blocks were skipped, "executed_steps": steps whose blocks all ran,
          "total_steps", "cached_step_indices": [...], "num_inference_steps": configured}.
+
+    Args:
+        pipe: a pipeline prepared with apply_first_block_cache.
+
+    Example:
+        >>> first_block_cache_stats(pipe)["cached_steps"]  # doctest: +SKIP
+        9
     """
     state = _state(pipe, "first_block_cache_stats")
     cached = [i for i, computed in enumerate(state.decisions) if not computed]
@@ -123,7 +130,14 @@ def first_block_cache_stats(pipe) -> dict:
 
 
 def disable_first_block_cache(pipe) -> None:
-    """Remove the first-block cache and fluxperf's counting hooks; the uncached path is restored exactly."""
+    """Remove the first-block cache and fluxperf's counting hooks; the uncached path is restored exactly.
+
+    Args:
+        pipe: a pipeline prepared with apply_first_block_cache (anything else raises FluxperfError).
+
+    Example:
+        >>> disable_first_block_cache(pipe)  # doctest: +SKIP
+    """
     state = _state(pipe, "disable_first_block_cache")
     for handle in state.handles:
         handle.remove()
@@ -134,6 +148,7 @@ def disable_first_block_cache(pipe) -> None:
 
 
 def is_first_block_cache_enabled(pipe) -> bool:
+    """True if apply_first_block_cache enabled FBC on `pipe` (and disable_first_block_cache has not run since)."""
     return getattr(pipe, _STATE_ATTR, None) is not None
 
 
