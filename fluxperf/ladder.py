@@ -43,7 +43,9 @@ _EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
     "cache_dit": ("flags", {"cache_dit": {"enabled": True}}),
     "cache_dit_f8b0": ("flags", {"cache_dit": {"enabled": True, "Fn": 8, "Bn": 0}}),
     "cache_dit_f1b0": ("flags", {"cache_dit": {"enabled": True, "Fn": 1, "Bn": 0}}),
-    "fbcache": ("flags", {"first_block_cache": {"enabled": True}}),
+    # diffusers' first-block cache decides inside the head block (a torch.compiler.disable'd hook): the blocks
+    # compile regionally but not fullgraph (measured by the caching work; cache-dit compiles fullgraph).
+    "fbcache": ("flags", {"first_block_cache": {"enabled": True}, "compile": {"fullgraph": False}}),
 }
 
 # What runs on a CPU-only machine (fp8 attention, float8 and AOTI/CUDA graphs need a GPU).
