@@ -138,11 +138,18 @@ class CudaGraphBackend:
     again before their own next replay).
 
     Args:
-        warmup: eager runs on the side stream before capture (lazy init, autotuning, allocator warm-up).
+        warmup: eager runs on the side stream before capture (lazy init, autotuning, allocator warm-up); the device
+            is synchronized after them, so an error of an eager run surfaces there, not inside the capture.
+        capture_error_mode: torch.cuda.graph's capture_error_mode ("global", "thread_local", "relaxed"); None:
+            torch's default.
     """
 
-    def __init__(self, warmup: int = 2):
+    def __init__(self, warmup: int = 2, capture_error_mode: str | None = None):
+        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 1:
+            raise FluxperfError(f"warmup={warmup!r} must be an integer >= 1: kernels are loaded and the allocator "
+                                "warmed up by eager runs, not inside a capture. Fix: pass e.g. warmup=2.")
         self.warmup = warmup
+        self.capture_error_mode = capture_error_mode
         self.pool = None
 
     def capture(self, fn, static_args, static_kwargs):
@@ -156,8 +163,10 @@ class CudaGraphBackend:
             for _ in range(self.warmup):
                 fn(*static_args, **static_kwargs)
         torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        mode = {} if self.capture_error_mode is None else {"capture_error_mode": self.capture_error_mode}
+        with torch.cuda.graph(graph, pool=self.pool, **mode):
             outputs = fn(*static_args, **static_kwargs)
         return graph, outputs
 
@@ -243,6 +252,13 @@ class CudaGraphRunner:
     def clear(self) -> None:
         """Drop every graph (counters are kept)."""
         self._graphs.clear()
+
+    def __del__(self):
+        # graphs first: a graph replays kernels that `fn` owns (e.g. a loaded AOTInductor package); the default
+        # teardown would release `fn` (set first in __init__) before the graphs that use its kernels
+        graphs = self.__dict__.get("_graphs")
+        if graphs is not None:
+            graphs.clear()
 
     def __call__(self, *args, **kwargs):
         import torch

@@ -7,9 +7,16 @@ packages are cached by a full key (fluxperf.export_cache), and the pipeline keep
 that map the pipeline's keyword call onto the package's fixed positional inputs, check shapes, and cast
 dtypes (the pipelines pass bf16 position ids; the package takes what fluxperf.shapes builds).
 
-Packages are compiled WITHOUT their weights (`aot_inductor.package_constants_in_so=False`); after loading,
-the live module's parameters are handed to the package (`load_constants(..., user_managed=True)`), so no
-second copy of the 24 GB of weights is made and a cached package is valid for any weights of the same model.
+How the package gets its weights is the `weights` mode (argument of apply_export, else $FLUXPERF_EXPORT_WEIGHTS,
+else "user"):
+  "user": compiled WITHOUT weights (`aot_inductor.package_constants_in_so=False`); after loading, the live module's
+          tensors are handed over with `load_constants(..., user_managed=True)`: no second copy of the 24 GB of
+          weights, and a cached package is valid for any weights of the same model.
+  "copy": compiled without weights; `load_constants(..., user_managed=False)` copies them into the package's own
+          buffer (twice the weight memory; nothing is shared with the live module).
+  "so":   weights packaged in the .so at build time (AOTInductor's default path, no load_constants at all); the
+          cache key then includes a fingerprint of the weights. The fallback if the constant-loading path fails
+          (scripts/diag_export.py tells which path works on a machine).
 
 Example (on a CUDA machine):
     >>> from fluxperf.shapes import ShapeSpec            # doctest: +SKIP
@@ -20,6 +27,9 @@ Example (on a CUDA machine):
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +51,11 @@ from .export_call import (
 __all__ = ["apply_export", "remove_export", "check_exportable", "cache_hooks", "export_program", "compile_package",
            "load_package", "constants_map", "install_adapters", "inductor_configs_for", "ExportError",
            "ExportCacheConflictError", "TRANSFORMER_INPUTS", "ExampleInputs", "transformer_example", "vae_example",
-           "TransformerExportModule", "VaeDecodeExportModule"]
+           "TransformerExportModule", "VaeDecodeExportModule", "WEIGHT_MODES", "WEIGHTS_ENV", "weights_mode",
+           "package_key"]
+
+WEIGHT_MODES = ("user", "copy", "so")
+WEIGHTS_ENV = "FLUXPERF_EXPORT_WEIGHTS"
 
 _ORIGINAL = "_fluxperf_export_original"  # attribute holding what apply_export replaced
 
@@ -106,9 +120,28 @@ def _require_cuda(pipe) -> None:
 
 
 # -- the steps -------------------------------------------------------------------------------------------
-def inductor_configs_for(recipe) -> dict[str, Any]:
-    """AOTInductor's `inductor_configs`: the recipe's inductor flags, plus packaging without weights."""
-    return {**recipe.inductor_flags.options(), "aot_inductor.package_constants_in_so": False}
+def weights_mode(value: str | None = None) -> str:
+    """The weights mode to use: `value`, else $FLUXPERF_EXPORT_WEIGHTS, else "user" (see the module docstring).
+
+    Raises:
+        RecipeError: not one of WEIGHT_MODES (the value and where it came from are named).
+
+    Example:
+        >>> weights_mode("so")
+        'so'
+    """
+    source = "weights=" if value is not None else f"${WEIGHTS_ENV}="
+    mode = value if value is not None else (os.environ.get(WEIGHTS_ENV) or "user")
+    if mode not in WEIGHT_MODES:
+        raise RecipeError(f"{source}{mode!r} is not an export weights mode. Fix: use one of {list(WEIGHT_MODES)} "
+                          "('user': zero-copy live weights, 'copy': the package copies them, 'so': weights built "
+                          "into the package).")
+    return mode
+
+
+def inductor_configs_for(recipe, weights: str = "user") -> dict[str, Any]:
+    """AOTInductor's `inductor_configs`: the recipe's inductor flags, plus where the weights go (`weights` mode)."""
+    return {**recipe.inductor_flags.options(), "aot_inductor.package_constants_in_so": weights_mode(weights) == "so"}
 
 
 def export_program(module, example: ExampleInputs, *, strict: bool = False):
@@ -140,51 +173,86 @@ def constants_map(module) -> dict:
     return out
 
 
-def load_package(path: str | Path, module, *, single_threaded: bool):
-    """Load a .pt2 package and hand it the live weights of `module` (no copy: user_managed).
+def _device_index(module) -> int:
+    """CUDA index of the module's weights (the device the package must run on); -1 for a CPU module."""
+    import torch
+
+    device = next(module.parameters()).device
+    if device.type != "cuda":
+        return -1
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def load_package(path: str | Path, module, *, single_threaded: bool, weights: str = "user"):
+    """Load a .pt2 package on the module's device and give it the module's weights (`weights` mode).
 
     Args:
         path: the package.
         module: the wrapper module it was exported from (its parameter names are the package's constant names).
         single_threaded: aoti_load_package(run_single_threaded=...): True is required for CUDA-graph capture.
+        weights: "user" (hand over the live tensors, no copy), "copy" (the package copies them) or "so" (the
+            package was built with its weights; nothing is loaded).
 
     Raises:
         ExportError: the package needs constants the module does not have (names listed).
     """
+    import torch
     import torch._inductor
 
-    loaded = torch._inductor.aoti_load_package(str(path), run_single_threaded=single_threaded)
-    available = constants_map(module)
-    wanted = list(loaded.get_constant_fqns())
-    missing = [n for n in wanted if n not in available]
-    if missing:
-        raise ExportError(
-            f"package {path} needs {len(missing)} constants the live module does not have, e.g. {missing[:5]}; the "
-            f"module has e.g. {list(available)[:5]}. This happens when weights are tensor subclasses (torchao "
-            "quantization) whose exported constants are flattened. Fix: delete the package and rebuild; if it "
-            "persists, export without quantize.kind='float8'.")
-    constants = {n: available[n] for n in wanted}
-    loaded.load_constants(constants, check_full_update=True, user_managed=True)
-    loaded._fluxperf_constants = constants  # user_managed: the package reads these tensors; keep them alive
+    mode, index = weights_mode(weights), _device_index(module)
+    kwargs = {"run_single_threaded": single_threaded}
+    if index >= 0 and "device_index" in inspect.signature(torch._inductor.aoti_load_package).parameters:
+        kwargs["device_index"] = index  # not "the current device": the one the weights live on
+    with torch.cuda.device(index) if index >= 0 else contextlib.nullcontext():
+        loaded = torch._inductor.aoti_load_package(str(path), **kwargs)
+        if mode == "so":
+            return loaded
+        available = constants_map(module)
+        wanted = list(loaded.get_constant_fqns())
+        missing = [n for n in wanted if n not in available]
+        if missing:
+            raise ExportError(
+                f"package {path} needs {len(missing)} constants the live module does not have, e.g. {missing[:5]}; "
+                f"the module has e.g. {list(available)[:5]}. This happens when weights are tensor subclasses (torchao "
+                "quantization) whose exported constants are flattened, or when tracing lifted a tensor constant. Fix: "
+                f"delete the package and rebuild; if it persists, export with weights='so' (${WEIGHTS_ENV}=so).")
+        # detached plain tensors (same storage): the package must not see autograd state; `constants` stays
+        # referenced from the loaded package for its whole life, since with user_managed it reads these tensors
+        constants = {n: available[n].detach() for n in wanted}
+        loaded.load_constants(constants, check_full_update=True, user_managed=(mode == "user"))
+    loaded._fluxperf_constants = constants if mode == "user" else None
     return loaded
 
 
-def _package(component: str, module, example: ExampleInputs, spec, recipe, cache_dir: Path,
-             cudagraphs: bool) -> tuple[Any, dict]:
-    """Build (or reuse) and load one package; return (runner, facts for the report)."""
-    configs = inductor_configs_for(recipe)
+def package_key(component: str, module, spec, recipe, weights: str = "user") -> ec.PackageKey:
+    """The cache key of one component's package (module: the TransformerExportModule / VaeDecodeExportModule).
+
+    With weights="so" the weights are inside the package, so a fingerprint of them joins the key.
+    """
+    mode = weights_mode(weights)
     inner = module.transformer if component == "transformer" else module.vae
     param = next(inner.parameters())
-    key = ec.make_key(component, spec, str(param.dtype), ec.recipe_graph_parts(recipe, configs),
-                      ec.module_fingerprint(inner), gpu_name=ec.current_gpu_name(param.device.index or 0))
+    fingerprint = ec.module_fingerprint(inner)
+    if mode == "so":
+        fingerprint = {**fingerprint, "weights": ec.weights_fingerprint(inner)}
+    index = param.device.index or 0
+    return ec.make_key(component, spec, str(param.dtype), ec.recipe_graph_parts(recipe, inductor_configs_for(recipe, mode)),
+                       fingerprint, gpu_name=ec.current_gpu_name(index))
+
+
+def _package(component: str, module, example: ExampleInputs, spec, recipe, cache_dir: Path,
+             cudagraphs: bool, weights: str) -> tuple[Any, dict]:
+    """Build (or reuse) and load one package; return (runner, facts for the report)."""
+    configs = inductor_configs_for(recipe, weights)
+    key = package_key(component, module, spec, recipe, weights)
 
     def build(tmp_path: str) -> None:
         compile_package(export_program(module, example), tmp_path, configs)
 
     path, status, build_s = ec.get_or_build(cache_dir, key, build, inputs=example.signature(), spec=vars(spec),
-                                            inductor_configs=configs, recipe=recipe.to_dict())
+                                            inductor_configs=configs, recipe=recipe.to_dict(), weights=weights)
     start = time.perf_counter()
-    loaded = load_package(path, module, single_threaded=cudagraphs)
+    loaded = load_package(path, module, single_threaded=cudagraphs, weights=weights)
     load_s = time.perf_counter() - start
     runner = CudaGraphRunner(loaded, name=component, max_graphs=4) if cudagraphs else loaded
     facts = {"path": str(path), "cache": status, "build_s": round(build_s, 3), "load_s": round(load_s, 3),
@@ -193,7 +261,7 @@ def _package(component: str, module, example: ExampleInputs, spec, recipe, cache
 
 
 # -- public entry point ----------------------------------------------------------------------------------
-def apply_export(pipe, recipe, spec, *, cache_dir=None) -> dict:
+def apply_export(pipe, recipe, spec, *, cache_dir=None, weights: str | None = None) -> dict:
     """Export / AOTInductor-compile (or load from cache) the transformer and, if recipe.export.vae, the VAE
     decoder for `spec`, and make the pipeline run them (under CUDA graphs if recipe.export.cudagraphs).
 
@@ -202,11 +270,12 @@ def apply_export(pipe, recipe, spec, *, cache_dir=None) -> dict:
         recipe: fluxperf.recipe.Recipe with export.enabled (its inductor flags become inductor_configs).
         spec: fluxperf.shapes.ShapeSpec of the calls to come (variant, height, width, batch, text length).
         cache_dir: package cache (default: recipe.export.cache_dir, $FLUXPERF_CACHE, ~/.cache/fluxperf/aoti).
+        weights: "user" | "copy" | "so" (default: $FLUXPERF_EXPORT_WEIGHTS, else "user"; see the module docstring).
 
     Returns:
         {"packages": {component: path}, "cache": {component: "hit"|"miss"}, "build_s": {...}, "load_s": {...},
          "cudagraphs": bool, "runners": {component: CudaGraphRunner or loaded package}, "spec": spec.key(),
-         "keys": {component: key dict}}
+         "keys": {component: key dict}, "weights": the mode used}
 
     Raises:
         ExportCacheConflictError: block caching is active on the pipeline.
@@ -230,19 +299,20 @@ def apply_export(pipe, recipe, spec, *, cache_dir=None) -> dict:
     if spec.variant != variant:
         raise RecipeError(f"spec.variant={spec.variant!r} but the pipeline is {variant!r} (its inputs differ: guidance, "
                           f"image tokens). Fix: ShapeSpec({variant!r}, {spec.height}, {spec.width}, batch={spec.batch}).")
+    weights = weights_mode(weights)
     cache_dir = Path(cache_dir or recipe.export.cache_dir or ec.default_cache_dir()).expanduser()
     dims, cudagraphs = dims_of_pipeline(pipe), recipe.export.cudagraphs
     t = pipe.transformer
     t_example = transformer_example(spec, dims, device=t.device, dtype=t.dtype)
     t_runner, t_facts = _package("transformer", TransformerExportModule(t), t_example, spec, recipe, cache_dir,
-                                 cudagraphs)
+                                 cudagraphs, weights)
     facts = {"transformer": t_facts}
     v_runner = v_example = None
     if recipe.export.vae:
         vae = pipe.vae
         v_example = vae_example(spec, dims, device=vae.device, dtype=vae.dtype)
         v_runner, facts["vae_decoder"] = _package("vae_decoder", VaeDecodeExportModule(vae), v_example, spec, recipe,
-                                                  cache_dir, cudagraphs)
+                                                  cache_dir, cudagraphs, weights)
     install_adapters(pipe, spec, t_runner, t_example, v_runner, v_example)
     return {
         "packages": {c: f["path"] for c, f in facts.items()},
@@ -254,6 +324,7 @@ def apply_export(pipe, recipe, spec, *, cache_dir=None) -> dict:
         "spec": spec.key(),
         "cache_dir": str(cache_dir),
         "keys": {c: f["key"] for c, f in facts.items()},
+        "weights": weights,
     }
 
 
@@ -275,6 +346,9 @@ def remove_export(pipe) -> bool:
     undone = False
     for module, attr in ((pipe.transformer, "forward"), (pipe.vae, "decode")):
         if _ORIGINAL in module.__dict__:
+            runner = getattr(module.__dict__.get(attr), "runner", None)
+            if hasattr(runner, "clear"):
+                runner.clear()  # drop captured graphs now, before the package whose kernels they replay
             previous = module.__dict__.pop(_ORIGINAL)
             if previous is None:
                 module.__dict__.pop(attr, None)

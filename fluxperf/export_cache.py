@@ -126,6 +126,25 @@ def module_fingerprint(module) -> dict:
     }
 
 
+def weights_fingerprint(module, samples: int = 64) -> str:
+    """16 hex digits identifying the weight VALUES of `module` (for packages built with their weights inside).
+
+    Hashes every parameter's and buffer's name, shape, dtype and `samples` evenly strided values, so another seed,
+    checkpoint or a fine-tune changes it, at the cost of one small device-to-host copy per tensor.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    with torch.no_grad():
+        for name, tensor in sorted(named, key=lambda kv: kv[0]):
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // samples)
+            values = flat[::step][:samples].float().cpu().numpy().tobytes()
+            digest.update(f"{name}:{list(tensor.shape)}:{tensor.dtype}:".encode() + values)
+    return digest.hexdigest()[:16]
+
+
 def stable_hash(obj: Any) -> str:
     """16 hex digits of sha256 over canonical JSON (sorted keys)."""
     text = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))

@@ -191,3 +191,43 @@ def test_bad_max_graphs_and_decorator():
         return x + 1
 
     assert isinstance(f, CudaGraphRunner) and f.max_graphs == 3 and f(torch.zeros(1)).item() == 1.0
+
+
+def test_teardown_drops_graphs_before_the_function_they_replay():
+    """A graph replays kernels owned by `fn` (a loaded AOTInductor package): graphs must go first."""
+    import gc
+
+    order = []
+
+    class Owner:  # stands in for a loaded package
+        def __call__(self, x):
+            return x * 2
+
+        def __del__(self):
+            order.append("fn")
+
+    class Handle:  # stands in for a captured CUDA graph
+        def __del__(self):
+            order.append("graph")
+
+    class Backend:
+        def capture(self, fn, args, kwargs):
+            return Handle(), fn(*args, **kwargs)
+
+        def replay(self, handle):
+            pass
+
+    run = CudaGraphRunner(Owner(), backend=Backend())
+    run(torch.ones(2))
+    run(torch.ones(3))
+    del run
+    gc.collect()
+    assert order == ["graph", "graph", "fn"]
+
+
+def test_cuda_backend_refuses_capture_without_warmup():
+    from fluxperf.cudagraph import CudaGraphBackend
+
+    with pytest.raises(FluxperfError, match=r"warmup=0 .*Fix: pass e.g. warmup=2"):
+        CudaGraphBackend(warmup=0)
+    assert CudaGraphBackend(capture_error_mode="thread_local").capture_error_mode == "thread_local"

@@ -325,3 +325,136 @@ def test_export_refuses_cache_dit():
     finally:
         cache_dit.disable_cache(pipe)
     assert cache_hooks(pipe) == []
+
+
+# -- weights modes (how a package gets its weights) --------------------------------------------------------
+def test_weights_mode_from_argument_env_and_default(monkeypatch):
+    from fluxperf.export import WEIGHTS_ENV, inductor_configs_for, weights_mode
+
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    assert weights_mode() == "user" and weights_mode("copy") == "copy"
+    monkeypatch.setenv(WEIGHTS_ENV, "so")
+    assert weights_mode() == "so" and weights_mode("user") == "user"  # the argument wins over the environment
+    monkeypatch.setenv(WEIGHTS_ENV, "inline")
+    with pytest.raises(RecipeError, match=r"\$FLUXPERF_EXPORT_WEIGHTS='inline'.*Fix: use one of \['user', 'copy', 'so'\]"):
+        weights_mode()
+    with pytest.raises(RecipeError, match=r"weights='mmap'"):
+        weights_mode("mmap")
+    recipe = rung("export")
+    assert inductor_configs_for(recipe, "so")["aot_inductor.package_constants_in_so"] is True
+    assert inductor_configs_for(recipe, "user")["aot_inductor.package_constants_in_so"] is False
+    assert inductor_configs_for(recipe, "copy")["aot_inductor.package_constants_in_so"] is False
+
+
+def test_package_key_has_weight_values_only_when_they_are_inside():
+    from fluxperf.export import package_key
+
+    spec = ShapeSpec("dev", 64, 96, text_len=16)
+    recipe = Recipe.from_dict({"dtype": "float32", "export": {"enabled": True}})
+    a = TransformerExportModule(build_pipeline("dev", "tiny", dtype="float32", text_encoders=False, seed=0).transformer)
+    b = TransformerExportModule(build_pipeline("dev", "tiny", dtype="float32", text_encoders=False, seed=1).transformer)
+    user = package_key("transformer", a, spec, recipe, "user")
+    assert user == package_key("transformer", b, spec, recipe, "user")  # weights loaded later: any seed
+    assert user == package_key("transformer", a, spec, recipe, "copy")  # same package, loaded differently
+    so_a = package_key("transformer", a, spec, recipe, "so")
+    assert so_a != user and so_a.config_hash != package_key("transformer", b, spec, recipe, "so").config_hash
+    assert so_a == package_key("transformer", a, spec, recipe, "so")
+    with torch.no_grad():
+        next(a.parameters()).view(-1)[0] += 1.0  # one changed value among the sampled ones
+    assert package_key("transformer", a, spec, recipe, "so") != so_a
+
+
+class _FakePackage:
+    """Records what load_package does with a loaded AOTInductor package."""
+
+    def __init__(self, fqns):
+        self.fqns, self.loads = fqns, []
+
+    def get_constant_fqns(self):
+        return list(self.fqns)
+
+    def load_constants(self, constants, *, check_full_update, user_managed):
+        self.loads.append((constants, check_full_update, user_managed))
+
+
+@pytest.mark.parametrize("mode", ["user", "copy", "so"])
+def test_load_package_gives_weights_per_mode(monkeypatch, mode):
+    import torch._inductor
+
+    from fluxperf.export import load_package
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    fake, calls = _FakePackage(["0.weight", "0.bias", "1.running_mean"]), []
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path, **kw: calls.append((path, kw)) or fake)
+    loaded = load_package("/p/package.pt2", model, single_threaded=True, weights=mode)
+    assert loaded is fake and calls == [("/p/package.pt2", {"run_single_threaded": True})]  # CPU: no device_index
+    if mode == "so":
+        assert fake.loads == []  # the weights are inside the package
+        return
+    (constants, full, user_managed), = fake.loads
+    assert full is True and user_managed is (mode == "user") and sorted(constants) == sorted(fake.fqns)
+    weight = constants["0.weight"]
+    assert not isinstance(weight, torch.nn.Parameter) and not weight.requires_grad
+    assert weight.data_ptr() == model[0].weight.data_ptr()  # no copy made here
+    if mode == "user":
+        assert loaded._fluxperf_constants is constants  # the package reads these: referenced for its whole life
+
+
+def test_load_package_names_missing_constants_and_the_fallback(monkeypatch):
+    import torch._inductor
+
+    from fluxperf.export import load_package
+
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path, **kw: _FakePackage(["_tensor_constant0"]))
+    with pytest.raises(ExportError, match=r"needs 1 constants.*_tensor_constant0.*FLUXPERF_EXPORT_WEIGHTS=so"):
+        load_package("/p.pt2", torch.nn.Linear(2, 2), single_threaded=False, weights="user")
+
+
+def test_remove_export_drops_captured_graphs_first():
+    pipe = build_pipeline("dev", "tiny", dtype="float32", text_encoders=False)
+    spec, dims = ShapeSpec("dev", 64, 96, text_len=16), dims_of_pipeline(pipe)
+    run = CudaGraphRunner(TransformerExportModule(pipe.transformer), backend=EagerReplayBackend())
+    ex = transformer_example(spec, dims, dtype=torch.float32)
+    install_adapters(pipe, spec, run, ex)
+    pipe.transformer(**dict(zip(ex.names, ex.args)))
+    assert run.stats.cached == 1
+    assert remove_export(pipe) and run.stats.cached == 0 and run.stats.recorded == 1
+
+
+# -- scripts/diag_export.py: a crashing stage is isolated and reported ------------------------------------------
+def _diag():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "diag_export.py"
+    spec = importlib.util.spec_from_file_location("diag_export", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diag_stage_segfault_is_reported_not_fatal(tmp_path):
+    import subprocess
+
+    diag = _diag()
+    proc = subprocess.run(diag.stage_command("segv", tmp_path, device="cpu"), capture_output=True, text=True,
+                          env=diag.stage_env_vars(tmp_path), timeout=60)
+    rec = diag.parse_child("segv", proc.returncode, proc.stdout + proc.stderr, 1.0)
+    assert rec["status"] == "killed by SIGSEGV" and rec["last_step"] == "about to read address 0"
+    assert "Fatal Python error: Segmentation fault" in rec["tail"] and "stage_segv" in rec["tail"]  # faulthandler
+    assert rec["result"] is None
+
+
+def test_diag_outcomes_and_their_meaning():
+    diag = _diag()
+    ok = diag.parse_child("linear_so", 0, 'STEP run\nSTEP done\nRESULT {"problems": []}', 2.0)
+    wrong = diag.parse_child("flux_fp32", 0, 'STEP done\nRESULT {"problems": ["rel_err=1.4 > 0.0001"]}', 2.0)
+    boom = diag.parse_child("linear_user", 3, 'STEP load\nTraceback\nRESULT {"exception": "RuntimeError: x"}', 2.0)
+    hang = diag.parse_child("linear_copy", None, "STEP compile", 80.0)
+    assert (ok["status"], wrong["status"], boom["status"], hang["status"]) == ("ok", "wrong results", "exception",
+                                                                              "timeout")
+    assert boom["last_step"] == "load" and hang["last_step"] == "compile"
+    notes = diag.meaning({"linear_so": ok, "linear_user": boom, "linear_copy": hang})
+    assert any("load_constants is the culprit" in n and "FLUXPERF_EXPORT_WEIGHTS=so" in n for n in notes)
+    notes = diag.meaning({"linear_so": diag.parse_child("linear_so", -11, "STEP load", 1.0)})
+    assert any("AOTI itself fails" in n for n in notes)
