@@ -6,7 +6,7 @@ kernels per step). Checks:
 
 * time: per-round samples, decided by `stats.decide` both raw and normalized by the calibration kernels'
   speed factor. The normalized verdict decides when the machines differ by more than the calibration's own
-  noise (|factor - 1| > 1%), else the raw one (less noisy); both are reported.
+  noise (|factor - 1| > 5%), else the raw one (less noisy); both are reported.
 * compile_cold_s / compile_warm_s: single samples, effect size only (threshold from the baseline, floor 20%, and
   never less than COMPILE_ABS_FLOOR_S seconds: short compiles jitter by several seconds).
 * proxies (deterministic): kernels_per_step, graph_breaks, recompiles, unique_graphs exactly; peak_mem_gib
@@ -28,7 +28,10 @@ from dataclasses import asdict, dataclass, field
 from . import calibration as cal
 from . import stats
 
-CALIBRATION_TOLERANCE = 0.01  # machines within 1% on the calibration kernels count as "the same speed"
+# Machines within 5% on the calibration kernels count as "the same speed" and are compared raw: on one H100 the
+# calibration GEMMs alone vary by several percent between runs (see calibration.MAX_DRIFT), so normalizing by
+# a smaller difference adds noise instead of removing machine speed. Across H100s DEVICE.md saw ~6%.
+CALIBRATION_TOLERANCE = 0.05
 CLOCK_FRACTION = 0.9  # median SM clock below 90% of the baseline's: invalid
 EXACT_PROXIES = ("kernels_per_step", "graph_breaks", "recompiles", "unique_graphs")
 MEMORY_TOLERANCE = 0.03
