@@ -118,7 +118,10 @@ def module_fingerprint(module) -> dict:
         kinds.add(f"{type(data).__name__}:{p.dtype}:{'channels_last' if channels_last else 'default'}")
     return {
         "class": f"{type(module).__module__}.{type(module).__qualname__}",
-        "config": _jsonable(dict(config) if config is not None else {}),
+        # private entries are bookkeeping, not architecture; diffusers' `_use_default_values` is a list in set
+        # order, which differs between processes and made every new process miss the VAE package
+        "config": _jsonable({k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+                            if config is not None else {}),
         "attn_processors": sorted({type(p).__name__ for p in processors.values()}),
         "param_kinds": sorted(kinds),
         # names and shapes: fused vs unfused QKV, LoRA layers, pruned blocks all change the graph

@@ -93,6 +93,11 @@ def _sync(torch, ctx):
         torch.cuda.synchronize()
 
 
+def _first(out):
+    """A package returns its one output as a tensor or (some torch versions) a 1-element list."""
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
 def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
@@ -165,18 +170,16 @@ def _linear(ctx, mode: str, graph: bool) -> dict:
     if graph:
         step("run plain before any capture")
         with torch.no_grad():
-            res["plain_err"] = (loaded(x)[0] - ref).abs().max().item()
+            res["plain_err"] = (_first(loaded(x)) - ref).abs().max().item()
         fn = CudaGraphRunner(loaded, name="linear")
     step("run" + (" (warm-up + capture + replay)" if graph else ""))
     with torch.no_grad():
-        out = fn(x)
-        out = out[0] if isinstance(out, (list, tuple)) else out
+        out = _first(fn(x))
         _sync(torch, ctx)
         res["max_abs_err"] = (out - ref).abs().max().item()
         step("run again, new values" + (" (replay)" if graph else ""))
         x2 = torch.randn(8, 64, device=ctx.device)
-        out2 = fn(x2)
-        out2 = out2[0] if isinstance(out2, (list, tuple)) else out2
+        out2 = _first(fn(x2))
         _sync(torch, ctx)
         res["max_abs_err_2"] = (out2 - model(x2)).abs().max().item()
     if graph:
@@ -245,8 +248,7 @@ def _flux(ctx, component: str, dtype: str, weights: str, graph: bool) -> dict:
     args = [a.contiguous() for a in example.args]
     step("run plain")
     with torch.no_grad():
-        out = loaded(*args)
-        out = out[0] if isinstance(out, (list, tuple)) else out
+        out = _first(loaded(*args))
         _sync(torch, ctx)
     res["rel_err"] = _rel(out, ref)
     if graph:
@@ -261,8 +263,7 @@ def _flux(ctx, component: str, dtype: str, weights: str, graph: bool) -> dict:
             g2 = runner(*args2)
             ref2 = module(*args2)
             _sync(torch, ctx)
-        res.update(graph_rel_err=_rel(g1[0] if isinstance(g1, (list, tuple)) else g1, ref),
-                   graph_rel_err_2=_rel(g2[0] if isinstance(g2, (list, tuple)) else g2, ref2),
+        res.update(graph_rel_err=_rel(_first(g1), ref), graph_rel_err_2=_rel(_first(g2), ref2),
                    graph_stats=runner.stats.as_dict())
         step("teardown graphs")
         runner.clear()

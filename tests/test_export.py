@@ -458,3 +458,14 @@ def test_diag_outcomes_and_their_meaning():
     assert any("load_constants is the culprit" in n and "FLUXPERF_EXPORT_WEIGHTS=so" in n for n in notes)
     notes = diag.meaning({"linear_so": diag.parse_child("linear_so", -11, "STEP load", 1.0)})
     assert any("AOTI itself fails" in n for n in notes)
+
+
+def test_module_fingerprint_ignores_private_config_bookkeeping():
+    """diffusers keeps `_use_default_values` in set order (differs per process): it must not change the key."""
+    pipe = build_pipeline("dev", "tiny", text_encoders=False)
+    before = ec.module_fingerprint(pipe.vae)
+    names = pipe.vae.config["_use_default_values"]
+    pipe.vae._internal_dict = type(pipe.vae.config)({**pipe.vae.config, "_use_default_values": list(reversed(names))})
+    assert len(names) > 1 and ec.module_fingerprint(pipe.vae) == before
+    pipe.vae._internal_dict = type(pipe.vae.config)({**pipe.vae.config, "scaling_factor": 0.5})
+    assert ec.module_fingerprint(pipe.vae) != before  # a real config change still counts
