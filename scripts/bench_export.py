@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--vae", action="store_true", help="also export the VAE decoder")
     p.add_argument("--iters", type=int, default=20, help="timed steps per measurement (median reported), >= 10")
     p.add_argument("--tol", type=float, default=DEFAULT_TOL, help="max relative error vs eager")
+    p.add_argument("--weights", default=None, choices=["user", "copy", "so"],
+                   help="how packages get their weights (default: $FLUXPERF_EXPORT_WEIGHTS, else user)")
     p.add_argument("--budget-s", type=float, default=420.0, help="skip --second once this much time has passed")
     return p.parse_args(argv)
 
@@ -66,7 +68,7 @@ def time_package(package, inputs: dict, iters: int) -> dict:
     return time_fn(lambda: package(*args), warmup=2, rounds=iters, device="cuda").summary()
 
 
-def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: bool) -> dict:
+def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: bool, weights=None) -> dict:
     """Eager reference, cold apply_export, numerics and step times; then (reload) a cached apply_export."""
     import torch
 
@@ -83,9 +85,9 @@ def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: boo
     log(f"{spec.key()}: eager {res['eager_ms']['median_ms']:.1f} ms", t0)
 
     start = time.perf_counter()
-    report = apply_export(pipe, recipe, spec, cache_dir=cache_dir)
+    report = apply_export(pipe, recipe, spec, cache_dir=cache_dir, weights=weights)
     res["apply_s"] = time.perf_counter() - start
-    res.update({k: report[k] for k in ("packages", "cache", "build_s", "load_s", "cudagraphs")})
+    res.update({k: report[k] for k in ("packages", "cache", "build_s", "load_s", "cudagraphs", "weights")})
     res["package_bytes"] = {c: Path(p).stat().st_size for c, p in report["packages"].items()}
     log(f"apply_export: {report['cache']} build {report['build_s']} load {report['load_s']}", t0)
     runner = report["runners"]["transformer"]
@@ -107,7 +109,7 @@ def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: boo
 
     if reload:
         start = time.perf_counter()
-        again = apply_export(pipe, recipe, spec, cache_dir=cache_dir)
+        again = apply_export(pipe, recipe, spec, cache_dir=cache_dir, weights=weights)
         res["reload"] = {"apply_s": time.perf_counter() - start, "cache": again["cache"], "load_s": again["load_s"]}
         with torch.no_grad():
             res["reload"]["rel_err_vs_eager"] = rel_err(pipe.transformer(**inputs)[0], ref)
@@ -145,11 +147,11 @@ def main(argv=None) -> int:
     log(f"pipeline built in {result['build_pipeline_s']:.1f} s", t0)
 
     runs = [measure(pipe, ShapeSpec(args.variant, *hw(args.size), args.batch), recipe, args.cache_dir, args.iters,
-                    t0, reload=True)]
+                    t0, reload=True, weights=args.weights)]
     if args.second:
         if time.perf_counter() - t0 < args.budget_s:
             runs.append(measure(pipe, ShapeSpec(args.variant, *hw(args.second), args.batch), recipe, args.cache_dir,
-                                args.iters, t0, reload=False))
+                                args.iters, t0, reload=False, weights=args.weights))
         else:
             result["second_skipped"] = f"time budget {args.budget_s} s used up"
     result["runs"] = runs
