@@ -157,7 +157,10 @@ def _measure_rung(result: RungResult, name: str, opts: LadderOptions, spec, embe
     dtype = pipe.transformer.dtype
     call = _pipeline_call(pipe, opts, spec, {k: v.to(dtype) for k, v in embeds.items()},
                           initial_latents(spec, dims_of_pipeline(pipe), opts.seed).to(opts.device, dtype))
-    say = (lambda msg: progress(f"[ladder] {name} image {msg}"))
+
+    def say(msg):
+        progress(f"[ladder] {name} image {msg}")
+
     image_t = time_fn(call, warmup=opts.warmup, rounds=opts.rounds, device=opts.device, progress=say)
     result.image_ms, result.image = image_t.summary(), call()
     inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device=opts.device, dtype=dtype, seed=opts.seed)
@@ -169,7 +172,6 @@ def _measure_rung(result: RungResult, name: str, opts: LadderOptions, spec, embe
     progress(f"[ladder] {name}: image {image_t.median_ms:.1f} ms (p90 {image_t.p90_ms:.1f}), "
              f"step {step_t.median_ms:.2f} ms, apply {result.apply_s:.1f} s, first call "
              f"{image_t.warmup_ms[0] if image_t.warmup_ms else float('nan'):.0f} ms")
-    del pipe
 
 
 def initial_latents(spec, dims, seed: int):

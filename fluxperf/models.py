@@ -50,8 +50,6 @@ def build_pipeline(variant: str = "schnell", size: str = "tiny", *, seed: int = 
     if checkpoint is not None:
         return load_pipeline(checkpoint, variant, device=device, dtype=dtype, text_encoders=text_encoders)
     mc._check(variant, size)
-    import torch
-
     dt = torch_dtype(dtype)
     components = {
         "transformer": _build_transformer(variant, size, seed, device, dt),
