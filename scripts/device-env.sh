@@ -2,8 +2,13 @@
 # (see ../shared/DEVICE.md) into /tmp/site without network, and puts the repo on PYTHONPATH.
 # Usage: source scripts/device-env.sh
 if compgen -G ".whl/*.whl" > /dev/null; then
+  # Install once per machine: a stamp holds the wheel listing, so chained scripts do not reinstall.
+  stamp=/tmp/site/.fluxperf-wheels
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$(ls .whl/*.whl)" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "device-env: installing carried wheels from .whl/ failed" >&2; return 1; }
+  ls .whl/*.whl > "$stamp"
+  fi
   export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
