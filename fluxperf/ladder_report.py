@@ -11,7 +11,7 @@ from .io import atomic_save, atomic_write_json, atomic_write_text
 from .ladder_run import LadderResult
 
 COLUMNS = ["rung", "status", "image_median_ms", "image_p90_ms", "step_median_ms", "step_p90_ms", "speedup_step",
-           "psnr_db", "ssim", "max_abs_error", "float8_linear", "attention", "apply_s", "peak_memory_gib", "error"]
+           "psnr_db", "ssim", "max_abs_error", "cached_steps", "float8_linear", "attention", "apply_s", "peak_memory_gib", "error"]
 
 
 def table(result: LadderResult):
@@ -29,7 +29,7 @@ def table(result: LadderResult):
             "image_p90_ms": r.image_ms["p90_ms"] if r.image_ms else None,
             "step_median_ms": step, "step_p90_ms": r.step_ms["p90_ms"] if r.step_ms else None,
             "speedup_step": (ref.step_ms["median_ms"] / step) if (ref and step) else None,
-            "psnr_db": r.psnr_db, "ssim": r.ssim, "max_abs_error": r.max_abs_error,
+            "psnr_db": r.psnr_db, "ssim": r.ssim, "max_abs_error": r.max_abs_error, "cached_steps": r.cached_steps,
             "float8_linear": applied.get("float8_linear_count"), "attention": applied.get("attention_backend"),
             "apply_s": r.apply_s, "peak_memory_gib": r.peak_memory_gib, "error": r.error,
         })

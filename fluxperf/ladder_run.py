@@ -77,6 +77,7 @@ class RungResult:
     ssim: float | None = None
     max_abs_error: float | None = None
     peak_memory_gib: float | None = None
+    cached_steps: int | None = None  # steps of the last image served from a block cache (None: no cache on)
     image: Any = field(default=None, repr=False)  # PIL image, not serialized
 
 
@@ -140,10 +141,8 @@ def _run_rung(name: str, opts: LadderOptions, spec, embeds: dict, progress) -> R
 def _measure_rung(result: RungResult, name: str, opts: LadderOptions, spec, embeds: dict, progress) -> None:
     import torch
 
-    from .apply import apply
+    from .cache_stats import disable_active_cache
     from .models import build_pipeline
-    from .shapes import transformer_inputs
-    from .timing import time_fn
 
     recipe = recipe_from(name)
     pipe = build_pipeline(opts.variant, opts.size, seed=opts.seed, device=opts.device, dtype=recipe.dtype,
@@ -151,18 +150,37 @@ def _measure_rung(result: RungResult, name: str, opts: LadderOptions, spec, embe
     pipe.set_progress_bar_config(disable=True)
     if opts.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    try:
+        _measure_applied(result, name, opts, spec, embeds, progress, pipe, recipe)
+    finally:
+        disable_active_cache(pipe)  # cache-dit patches the pipeline class: the next rung needs it off
+
+
+def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, embeds: dict, progress, pipe,
+                     recipe) -> None:
+    """Apply the rung's recipe to the built pipeline, then time its image and one transformer step."""
+    import torch
+
+    from .apply import apply
+    from .cache_stats import last_call_cache_stats
+    from .shapes import transformer_inputs
+    from .timing import time_fn
+
     t0 = time.perf_counter()
     stack = apply(pipe, recipe, spec=spec, num_inference_steps=opts.steps, variant=opts.variant)
     result.apply_s, result.applied = time.perf_counter() - t0, stack.to_dict()
     dtype = pipe.transformer.dtype
-    call = _pipeline_call(pipe, opts, spec, {k: v.to(dtype) for k, v in embeds.items()},
-                          initial_latents(spec, dims_of_pipeline(pipe), opts.seed).to(opts.device, dtype))
+    call = image_call(pipe, opts.variant, spec, steps=opts.steps, seed=opts.seed,
+                      embeds={k: v.to(dtype) for k, v in embeds.items()},
+                      latents=initial_latents(spec, dims_of_pipeline(pipe), opts.seed).to(opts.device, dtype))
 
     def say(msg):
         progress(f"[ladder] {name} image {msg}")
 
     image_t = time_fn(call, warmup=opts.warmup, rounds=opts.rounds, device=opts.device, progress=say)
     result.image_ms, result.image = image_t.summary(), call()
+    cache = last_call_cache_stats(pipe)
+    result.cached_steps = cache["cached_steps"] if cache else None
     inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device=opts.device, dtype=dtype, seed=opts.seed)
     with torch.inference_mode():
         step_t = time_fn(lambda: pipe.transformer(**inputs), warmup=2, rounds=opts.step_rounds, device=opts.device)
@@ -184,19 +202,34 @@ def initial_latents(spec, dims, seed: int):
     return torch.randn((spec.batch, h * w, dims.in_channels), generator=g, dtype=torch.float32)
 
 
-def _pipeline_call(pipe, opts: LadderOptions, spec, embeds: dict, latents):
-    """A zero-argument callable generating the rung's image(s) with fixed noise and embeddings."""
+def image_call(pipe, variant: str, spec, *, steps: int, seed: int, embeds: dict, latents, output_type="pil"):
+    """A zero-argument callable generating the image(s) of `pipe` with fixed noise and prompt embeddings.
+
+    Args:
+        pipe: a FLUX pipeline (FluxKontextPipeline for "kontext").
+        variant: "schnell", "dev" or "kontext": the guidance scale and, for Kontext, a seeded conditioning image.
+        spec: the ShapeSpec (height, width, text tokens).
+        steps, seed: denoising steps; seed of the generator and of Kontext's input image.
+        embeds: {"prompt_embeds": (B, text, 4096), "pooled_prompt_embeds": (B, 768)} on the pipeline's device.
+        latents: packed initial noise (B, image tokens, in_channels), e.g. initial_latents(...).
+        output_type: "pil" (the first image) or "np".
+
+    Example:
+        >>> call = image_call(pipe, "dev", ShapeSpec("dev", 512, 512), steps=28, seed=0,  # doctest: +SKIP
+        ...                   embeds=embeds, latents=latents)
+        >>> image = call()  # doctest: +SKIP
+    """
     import torch
 
-    kwargs = dict(height=spec.height, width=spec.width, num_inference_steps=opts.steps, latents=latents,
-                  guidance_scale=VARIANT_DEFAULTS[opts.variant]["guidance"],
-                  max_sequence_length=spec.text_tokens, output_type="pil", **embeds)
-    if opts.variant == "kontext":
-        kwargs.update(image=_kontext_input_image(spec, opts.seed), max_area=spec.height * spec.width,
+    kwargs = dict(height=spec.height, width=spec.width, num_inference_steps=steps, latents=latents,
+                  guidance_scale=VARIANT_DEFAULTS[variant]["guidance"],
+                  max_sequence_length=spec.text_tokens, output_type=output_type, **embeds)
+    if variant == "kontext":
+        kwargs.update(image=_kontext_input_image(spec, seed), max_area=spec.height * spec.width,
                       _auto_resize=False)
 
     def call():
-        generator = torch.Generator("cpu").manual_seed(opts.seed)
+        generator = torch.Generator("cpu").manual_seed(seed)
         with torch.inference_mode():
             return pipe(generator=generator, **kwargs).images[0]
 
@@ -235,4 +268,4 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-__all__ = ["LadderOptions", "LadderResult", "RungResult", "run_ladder", "LADDER"]
+__all__ = ["LadderOptions", "LadderResult", "RungResult", "run_ladder", "image_call", "initial_latents", "LADDER"]

@@ -1,0 +1,63 @@
+"""Which block cache is on a pipeline, and how many steps its last call served from the cache.
+
+One entry point for the ladder and the benchmarks, whichever cache (cache-dit DBCache or diffusers' first-block
+cache) apply() enabled. Importing this module imports neither cache-dit nor diffusers' hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def active_cache(pipe) -> str | None:
+    """"cache_dit", "first_block" or None: the block cache enabled on `pipe` by fluxperf."""
+    from . import cache, fbcache
+
+    if getattr(pipe, cache._STATE_ATTR, None) is not None:
+        return "cache_dit"
+    if getattr(pipe, fbcache._STATE_ATTR, None) is not None:
+        return "first_block"
+    return None
+
+
+def last_call_cache_stats(pipe) -> dict[str, Any] | None:
+    """Cache statistics of the pipeline's last call, or None when no block cache is enabled.
+
+    Returns:
+        {"kind": "cache_dit" | "first_block", "cached_steps": int, "total_steps": int,
+         "cached_step_indices": [int, ...]} (plus the cache's own fields, e.g. residual_diffs).
+
+    Example:
+        >>> stats = last_call_cache_stats(pipe)  # doctest: +SKIP
+        >>> stats["cached_steps"], stats["total_steps"]  # doctest: +SKIP
+        (6, 28)
+    """
+    from .cache import cache_dit_stats
+    from .fbcache import first_block_cache_stats
+
+    kind = active_cache(pipe)
+    if kind is None:
+        return None
+    stats = cache_dit_stats(pipe) if kind == "cache_dit" else first_block_cache_stats(pipe)
+    return {"kind": kind, **stats}
+
+
+def disable_active_cache(pipe) -> str | None:
+    """Disable whichever block cache fluxperf enabled on `pipe`; returns its kind (None: there was none).
+
+    cache-dit patches the pipeline *class*, so a cache left on one pipeline refuses every other pipeline of that
+    class in the process: whoever enables a cache for one measurement disables it afterwards.
+
+    Example:
+        >>> disable_active_cache(pipe)  # doctest: +SKIP
+        'cache_dit'
+    """
+    from .cache import disable_cache_dit
+    from .fbcache import disable_first_block_cache
+
+    kind = active_cache(pipe)
+    if kind == "cache_dit":
+        disable_cache_dit(pipe)
+    elif kind == "first_block":
+        disable_first_block_cache(pipe)
+    return kind

@@ -1,0 +1,88 @@
+"""fluxperf.cache_stats on tiny dev pipelines (CPU), and the ladder reporting steps served from the cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fluxperf.cache_stats import active_cache, disable_active_cache, last_call_cache_stats
+from fluxperf.ladder import recipe_from
+
+pytest.importorskip("cache_dit", reason="needs cache-dit: pip install 'fluxperf[cache-dit]'")
+
+STEPS, WARMUP = 6, 2
+# Tiny random-weight blocks change their residual by ~0.4-0.9 per step: 9.0 caches every step it may.
+CACHE_DIT = {"enabled": True, "Fn": 1, "Bn": 0, "residual_diff_threshold": 9.0, "max_warmup_steps": WARMUP}
+FBC = {"enabled": True, "threshold": 4.9}
+
+
+@pytest.fixture
+def dev():
+    from fluxperf.models import build_pipeline
+
+    pipe = build_pipeline("dev", "tiny", text_encoders=False, dtype="float32")
+    g = torch.Generator().manual_seed(0)
+    embeds = {"prompt_embeds": torch.randn(1, 16, 32, generator=g), "pooled_prompt_embeds": torch.randn(1, 32, generator=g)}
+
+    def run():  # in the pipeline's dtype: the recipes below cast it to bf16
+        dtype = pipe.transformer.dtype
+        return pipe(height=64, width=64, num_inference_steps=STEPS, guidance_scale=3.5, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **{k: v.to(dtype) for k, v in embeds.items()}).images
+
+    yield pipe, run
+    disable_active_cache(pipe)  # cache-dit patches the pipeline class: later pipelines need it off
+
+
+def test_no_cache_gives_none(dev):
+    pipe, run = dev
+    run()
+    assert active_cache(pipe) is None and last_call_cache_stats(pipe) is None
+
+
+@pytest.mark.parametrize("step, config, kind, cached", [
+    ("cache_dit", CACHE_DIT, "cache_dit", STEPS - WARMUP),  # every step after the warm-up
+    ("first_block_cache", FBC, "first_block", STEPS - 1),  # every step after the first
+])
+def test_stats_follow_the_cache_apply_enabled(dev, step, config, kind, cached):
+    from fluxperf.apply import apply
+
+    pipe, run = dev
+    apply(pipe, recipe_from({"base": "bf16", step: config}), num_inference_steps=STEPS, variant="dev")
+    assert active_cache(pipe) == kind
+    run()
+    stats = last_call_cache_stats(pipe)
+    assert stats["kind"] == kind and stats["total_steps"] == STEPS
+    assert stats["cached_steps"] == cached == len(stats["cached_step_indices"])
+    assert disable_active_cache(pipe) == kind and active_cache(pipe) is None
+    assert disable_active_cache(pipe) is None
+
+
+def active_cache_on_class_is_off() -> bool:
+    """cache-dit patches FluxPipeline itself while enabled; the ladder must leave the class as it found it."""
+    from diffusers import FluxPipeline
+
+    return not getattr(FluxPipeline, "_is_cached", False) and "_original_call" not in FluxPipeline.__dict__
+
+
+def test_ladder_reports_cached_steps(monkeypatch, tmp_path):
+    """The ladder's cache rungs report how many steps of their image came from the cache (here a CPU recipe
+    stands in for cache_dit_f1b0, whose full stack needs a GPU)."""
+    from fluxperf import ladder_run
+    from fluxperf.ladder_report import table
+    from fluxperf.ladder_run import LadderOptions, run_ladder
+
+    cpu = {name: recipe_from({"base": "bf16", "cache_dit": CACHE_DIT, "name": name})
+           for name in ("cache_dit_f1b0", "cache_dit_f8b0")}  # two cache rungs in a row: the first must clean up
+    real = ladder_run.recipe_from
+    monkeypatch.setattr(ladder_run, "recipe_from", lambda name: cpu.get(name) or real(name))
+    result = run_ladder(LadderOptions(variant="dev", device="cpu", size="tiny", steps=STEPS, rounds=1, warmup=0,
+                                      step_rounds=1, rungs=("bf16", "cache_dit_f1b0", "cache_dit_f8b0")))
+    by_rung = {r.rung: r for r in result.rungs}
+    assert by_rung["bf16"].status == "ok" and by_rung["bf16"].cached_steps is None
+    assert by_rung["cache_dit_f1b0"].status == "ok", by_rung["cache_dit_f1b0"].error
+    assert by_rung["cache_dit_f1b0"].cached_steps == STEPS - WARMUP
+    assert by_rung["cache_dit_f8b0"].status == "ok", by_rung["cache_dit_f8b0"].error
+    assert by_rung["cache_dit_f1b0"].psnr_db < 200  # caching changed the image against the bf16 reference
+    assert active_cache_on_class_is_off()
+    df = table(result).set_index("rung")
+    assert df.loc["cache_dit_f1b0", "cached_steps"] == STEPS - WARMUP
