@@ -1,4 +1,5 @@
-"""Fixtures of the GPU perf tier: full-size synthetic FLUX.1-schnell at 1024x1024, batch 1.
+"""Fixtures of the GPU perf tier: full-size synthetic FLUX.1 pipelines at 1024x1024, batch 1 (schnell by default;
+dev and Kontext in perf/test_variants.py).
 
 Every benchmark builds a fresh pipeline, applies one ladder rung inside a fresh inductor cache (so the first
 call is a cold compile), measures through fluxperf.bench.harness.Bench, then frees the GPU: one full-size
@@ -20,20 +21,24 @@ SPEC = ShapeSpec("schnell", 1024, 1024)
 STEPS = 4
 PROMPT = "a photo of a red car in the city at night, cinematic lighting"
 STEP_ROUNDS, VAE_ROUNDS, E2E_ROUNDS = 20, 20, 10  # >= 7 so Mann-Whitney can reach p < 0.002
+IMAGE_ROUNDS = 8  # 28-step images: dev ~3.9 s, Kontext ~2x; 8 rounds keep each perf group under 9 minutes
 
 
-def require_rung(name: str):
-    """The rung's Recipe, or skip naming the missing package (FA3, torchao) and how to install it."""
+def require_rung(name_or_recipe):
+    """The rung's Recipe (a rung name or a Recipe), or skip naming the missing package and how to install it."""
     from fluxperf.env import is_sm90
-    from fluxperf.ladder import rung
+    from fluxperf.ladder import recipe_from
     from fluxperf.optional import PACKAGES, install_hint, probe
 
-    recipe = rung(name)
+    recipe = recipe_from(name_or_recipe)
+    name = recipe.name
     needs = []
     if recipe.attention.backend in ("fa3", "fa3_fp8"):
         needs.append("fa3")
     if recipe.quantize.enabled:
         needs.append("torchao")
+    if recipe.cache_dit.enabled:
+        needs.append("cache_dit")
     for pkg in needs:
         if not probe(pkg):
             pytest.skip(f"rung {name!r} needs {PACKAGES[pkg].name}: {install_hint(pkg)}")
@@ -49,9 +54,9 @@ class PerfRunner:
         self.request, self.benchmark = request, benchmark
 
     # -- the three kinds of benchmark ---------------------------------------------------------------------
-    def transformer_step(self, rung_name: str) -> dict:
-        """One transformer forward (a denoising step) of the rung."""
-        return self._freeing(self._transformer_step, rung_name)
+    def transformer_step(self, rung_name: str, spec: ShapeSpec = SPEC) -> dict:
+        """One transformer forward (a denoising step) of the rung, at `spec` (default schnell 1024²)."""
+        return self._freeing(self._transformer_step, rung_name, spec)
 
     def vae_decode(self, rung_name: str) -> dict:
         """VAE decode of 128x128 latents to a 1024x1024 image, as the rung leaves the VAE."""
@@ -61,8 +66,13 @@ class PerfRunner:
         """The whole schnell call: text encoders, 4 steps, VAE decode, PIL image."""
         return self._freeing(self._end_to_end, rung_name)
 
+    def image(self, recipe, spec: ShapeSpec, steps: int) -> dict:
+        """A whole image of `spec.variant` (dev/Kontext: 28 steps) from seeded prompt embeddings, with the block
+        cache the recipe may enable: stores the cache's step count as the cached_steps proxy."""
+        return self._freeing(self._image, recipe, spec, steps)
+
     # -- implementations ----------------------------------------------------------------------------------
-    def _transformer_step(self, rung_name: str) -> dict:
+    def _transformer_step(self, rung_name: str, spec: ShapeSpec) -> dict:
         import torch
 
         from fluxperf.bench.flops import step_flops
@@ -72,8 +82,8 @@ class PerfRunner:
 
         recipe = require_rung(rung_name)
         with fresh_compile_cache():
-            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=False)
-            inputs = transformer_inputs(SPEC, dims_of_pipeline(pipe), device="cuda", dtype=torch.bfloat16)
+            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=False, spec=spec)
+            inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device="cuda", dtype=torch.bfloat16)
             transformer = pipe.transformer
 
             def step():
@@ -82,7 +92,7 @@ class PerfRunner:
 
             first = timed_call(step)
             return Bench(self.request, self.benchmark).run(
-                step, rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(SPEC).total, first_call_s=first,
+                step, rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(spec).total, first_call_s=first,
                 setup_s=setup_s, warm_compile=_warm_compile(step) if recipe.compile.enabled else None,
                 info=info, dyn_before=dyn0)
 
@@ -131,7 +141,41 @@ class PerfRunner:
                 warm_compile=_warm_compile(generate) if recipe.compile.enabled else None, info=info,
                 dyn_before=dyn0)
 
-    def _prepare(self, recipe, *, text_encoders: bool, slowdown: bool = True):
+    def _image(self, recipe, spec: ShapeSpec, steps: int) -> dict:
+        import torch
+
+        from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
+        from fluxperf.cache_stats import disable_active_cache, last_call_cache_stats
+        from fluxperf.ladder_run import image_call, initial_latents
+        from fluxperf.model_configs import dims_of_pipeline
+
+        recipe = require_rung(recipe)
+        with fresh_compile_cache():
+            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=False, spec=spec, steps=steps)
+            try:
+                dims = dims_of_pipeline(pipe)
+                g = torch.Generator("cpu").manual_seed(0)
+                # seeded stand-ins for T5 (B, text, 4096) and CLIP pooled (B, 768): the text encoders stay off
+                embeds = {"prompt_embeds": torch.randn(spec.batch, spec.text_tokens, dims.joint_attention_dim,
+                                                       generator=g).to("cuda", torch.bfloat16),
+                          "pooled_prompt_embeds": torch.randn(spec.batch, dims.pooled_projection_dim,
+                                                              generator=g).to("cuda", torch.bfloat16)}
+                latents = initial_latents(spec, dims, 0).to("cuda", torch.bfloat16)
+                generate = image_call(pipe, spec.variant, spec, steps=steps, seed=0, embeds=embeds, latents=latents,
+                                      output_type="np")
+                first = timed_call(generate)
+                cache = last_call_cache_stats(pipe)  # of the first (compiling) call: same inputs as every round
+                info = {**info, "steps": steps, "cache": cache}
+                return Bench(self.request, self.benchmark).run(
+                    generate, rounds=IMAGE_ROUNDS, warmup_rounds=1, first_call_s=first, setup_s=setup_s,
+                    warm_compile=_warm_compile(generate) if recipe.compile.enabled else None, info=info,
+                    dyn_before=dyn0, count_kernels=cache is None,
+                    extra_proxies={"cached_steps": cache["cached_steps"]} if cache else None)
+            finally:
+                disable_active_cache(pipe)  # cache-dit patches the pipeline class: later benchmarks need it off
+
+    def _prepare(self, recipe, *, text_encoders: bool, slowdown: bool = True, spec: ShapeSpec = SPEC,
+                 steps: int = STEPS):
         """Build the full pipeline on the GPU, maybe inject the test-only slowdown, apply the recipe (timed).
 
         Called inside fresh_compile_cache() (TORCHINDUCTOR_CACHE_DIR is the fresh directory).
@@ -143,16 +187,16 @@ class PerfRunner:
 
         if recipe.export.enabled:  # packages inside the fresh inductor cache dir: cold, and deleted afterwards
             recipe = recipe.replace(export={"cache_dir": os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "aoti")})
-        pipe = build_pipeline(SPEC.variant, "full", device="cuda", dtype="bfloat16", text_encoders=text_encoders)
+        pipe = build_pipeline(spec.variant, "full", device="cuda", dtype="bfloat16", text_encoders=text_encoders)
         pipe.set_progress_bar_config(disable=True)
         fraction = slowdown_fraction() if slowdown else None
         if fraction:
-            install_slowdown(pipe.transformer, fraction, SPEC)
+            install_slowdown(pipe.transformer, fraction, spec)
         dyn0 = dynamo_counts()
         t0 = time.perf_counter()
-        stack = apply(pipe, recipe, spec=SPEC, num_inference_steps=STEPS, variant=SPEC.variant)
+        stack = apply(pipe, recipe, spec=spec, num_inference_steps=steps, variant=spec.variant)
         setup_s = time.perf_counter() - t0
-        info = {"rung": recipe.name, "spec": SPEC.key(), "applied": stack.to_dict(), "apply_s": setup_s,
+        info = {"rung": recipe.name, "spec": spec.key(), "applied": stack.to_dict(), "apply_s": setup_s,
                 "slowdown_injected": fraction}
         return pipe, stack, setup_s, dyn0, info
 

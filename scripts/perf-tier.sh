@@ -3,7 +3,8 @@
 #
 #   scripts/perf-tier.sh GROUP|all [--compare] [--baseline] [--repeat N] [-- PYTEST_ARGS...]
 #
-#   GROUP       base | compile | attention | float8 | flags | export | e2e_compile | e2e_full | all
+#   GROUP       base | compile | attention | float8 | flags | export | e2e_compile | e2e_full | dev_cache |
+#               kontext | all   (fluxperf.bench.pytest_plugin.GROUPS is the list)
 #   --compare   compare with baselines/<this GPU>/ (pytest --benchmark-compare): exit 0 pass, 10 regression,
 #               11 inconclusive, 12 baseline error (corrupt / other GPU)
 #   --baseline  record kernel tables, then `fluxperf baseline update` the runs into baselines/<this GPU>/
@@ -17,8 +18,11 @@
 # Carried wheels in .whl/ (see docs: DEVICE.md) are installed into /tmp/site first.
 set -uo pipefail
 
-GROUPS_ALL="base compile attention float8 flags export e2e_compile e2e_full"
-usage() { sed -n '2,20p' "$0"; exit 2; }
+cd "$(dirname "$0")/.." || exit 2
+GROUPS_ALL=$(PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 -c \
+  "from fluxperf.bench.pytest_plugin import GROUPS; print(' '.join(GROUPS))") \
+  || { echo "perf-tier: cannot read the group list from fluxperf.bench.pytest_plugin.GROUPS" >&2; exit 2; }
+usage() { sed -n '2,21p' "$0"; exit 2; }
 
 [ $# -ge 1 ] || usage
 NAME="$1"; shift
@@ -39,7 +43,6 @@ for g in $SELECTED; do
   case " $GROUPS_ALL " in *" $g "*) ;; *) echo "unknown group '$g'; use one of: $GROUPS_ALL all" >&2; exit 2 ;; esac
 done
 
-cd "$(dirname "$0")/.." || exit 2
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing carried wheels failed" >&2; exit 2; }

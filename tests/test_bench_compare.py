@@ -88,3 +88,20 @@ def test_short_compile_jitter_is_not_a_regression():
     big = {"metrics": {"compile_cold_s": 267.0}}
     checks = _metric_checks({"metrics": {"compile_cold_s": 330.0}}, big, {"compile_cold_s": 0.2}, None)
     assert [c.outcome for c in checks] == ["regression"]
+
+
+def test_cached_steps_proxy_allows_one_step_and_names_the_direction():
+    base = rec(3.9, proxies={"cached_steps": 6})
+
+    def outcome_of(cached):
+        c = compare_records(rec(3.9, seed=1, proxies={"cached_steps": cached}), base)
+        return {ch.quantity: ch for ch in c.checks}["cached_steps"]
+
+    assert outcome_of(6).outcome == "pass" and outcome_of(5).outcome == "pass" and outcome_of(7).outcome == "pass"
+    fewer = outcome_of(4)
+    assert fewer.outcome == "regression" and "fell from 6 to 4" in fewer.reason
+    more = outcome_of(9)
+    assert more.outcome == "inconclusive" and "unexplained improvement" in more.reason
+    # a benchmark without a cache has no such check
+    plain = compare_records(rec(3.9, seed=1, proxies={}), rec(3.9, proxies={}))
+    assert "cached_steps" not in {ch.quantity for ch in plain.checks}

@@ -88,3 +88,11 @@ def test_suspected_regression_is_remeasured_once_and_confirmed(setup):
     assert calls == ["pedantic", "remeasure"]
     assert extra["verdict"]["outcome"] == "regression"
     assert extra["remeasure"]["first"]["outcome"] == "regression" and len(extra["remeasure"]["samples_s"]) == 20
+
+
+def test_cache_benchmarks_store_cached_steps_instead_of_a_kernel_count(setup):
+    config, request, bench, calls, _ = setup
+    extra = harness.Bench(request, bench).run(lambda: None, rounds=10, count_kernels=False,
+                                              extra_proxies={"cached_steps": 6})
+    assert extra["proxies"] == {"peak_mem_gib": 30.5, "recompiles": 0, "graph_breaks": 0, "unique_graphs": 0,
+                                "cached_steps": 6}

@@ -150,7 +150,8 @@ class Bench:
         self.request, self.benchmark = request, benchmark
 
     def run(self, fn, *, rounds: int, warmup_rounds: int = 2, flops: float | None = None, first_call_s: float | None = None,
-            setup_s: float = 0.0, warm_compile=None, info: dict | None = None, dyn_before: dict | None = None) -> dict:
+            setup_s: float = 0.0, warm_compile=None, info: dict | None = None, dyn_before: dict | None = None,
+            count_kernels: bool = True, extra_proxies: dict | None = None) -> dict:
         """Measure `fn` and record everything into benchmark.extra_info; returns that dict.
 
         Args:
@@ -161,6 +162,9 @@ class Bench:
             warm_compile: callable returning the seconds of a warm recompile (dynamo reset, disk cache hot).
             info: extra facts (rung, recipe, AppliedStack) to store.
             dyn_before: dynamo_counts() taken before apply() (graph breaks and graphs of this benchmark).
+            count_kernels: record kernels_per_step (off where the count legitimately varies between calls, e.g.
+                a block cache whose cached-step count moves by one; its cached_steps proxy covers that).
+            extra_proxies: more deterministic proxies to store and compare (e.g. {"cached_steps": 6}).
         """
         from .pytest_plugin import state_of
 
@@ -178,7 +182,8 @@ class Bench:
         extra["proxies"] = {"peak_mem_gib": m["peak_mem_gib"], "recompiles": dyn1["frames"] - dyn0["frames"],
                             "graph_breaks": dyn1["graph_breaks"] - base["graph_breaks"],
                             "unique_graphs": dyn1["unique_graphs"] - base["unique_graphs"],
-                            "kernels_per_step": count_cuda_kernels(fn)}
+                            **({"kernels_per_step": count_cuda_kernels(fn)} if count_kernels else {}),
+                            **(extra_proxies or {})}
         if state.kernel_tables:
             extra["kernel_table"] = kernel_table_records(fn)
         extra["metrics"] = self._metrics(m, median_s, flops, first_call_s, setup_s, warm_compile)

@@ -40,6 +40,8 @@ GROUPS = {
     "export": "export rung (torch.export + AOTInductor)",
     "e2e_compile": "end-to-end schnell, 4 steps with text encoders, compile rung",
     "e2e_full": "end-to-end schnell, 4 steps with text encoders, full stack (flags rung)",
+    "dev_cache": "FLUX.1-dev 28-step image, compiled: uncached, cache-dit F1B0, first-block cache",
+    "kontext": "FLUX.1 Kontext (twice the image tokens): transformer step and 28-step image, compiled",
 }
 _KEY = pytest.StashKey["FluxperfState"]()
 _EXIT_BY_OUTCOME = {"regression": EXIT_REGRESSION, "inconclusive": EXIT_INCONCLUSIVE}

@@ -20,7 +20,7 @@ from .baseline import atomic_write_text
 
 COLUMNS = ("benchmark", "param", "baseline_ms", "current_ms", "change_pct", "threshold_pct", "iqr_ms", "rounds",
            "decided_by", "outcome", "tflops", "mfu", "compile_cold_s", "compile_warm_s", "peak_mem_gib",
-           "kernels_per_step", "reason")
+           "kernels_per_step", "cached_steps", "reason")
 
 
 def build_table(current: list[dict], baseline: dict[str, dict] | None = None, comparisons: dict | None = None):
@@ -52,7 +52,7 @@ def build_table(current: list[dict], baseline: dict[str, dict] | None = None, co
             "outcome": comp["outcome"] if comp else "no baseline", "tflops": metrics.get("tflops"),
             "mfu": metrics.get("mfu"), "compile_cold_s": metrics.get("compile_cold_s"),
             "compile_warm_s": metrics.get("compile_warm_s"), "peak_mem_gib": proxies.get("peak_mem_gib"),
-            "kernels_per_step": proxies.get("kernels_per_step"),
+            "kernels_per_step": proxies.get("kernels_per_step"), "cached_steps": proxies.get("cached_steps"),
             "reason": time_check["reason"] if time_check else "",
         })
     return pd.DataFrame(rows, columns=list(COLUMNS))
