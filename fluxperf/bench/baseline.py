@@ -22,10 +22,10 @@ import os
 import platform
 import re
 import statistics
-import tempfile
 from pathlib import Path
 
 from ..errors import BaselineError
+from ..io import atomic_write_text
 from . import stats
 
 FORMAT = 1
@@ -218,22 +218,6 @@ def _now() -> str:
 
 
 # -- writing ---------------------------------------------------------------------------------------------
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` atomically: temp file in the same directory, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_baseline(baseline: dict, path: str | Path, kernel_tables: dict | None = None) -> list[Path]:
     """Write the baseline (and its kernel tables) atomically; returns the paths written."""
     path = Path(path)

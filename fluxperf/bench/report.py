@@ -16,7 +16,7 @@ import io
 import statistics
 from pathlib import Path
 
-from .baseline import atomic_write_text
+from ..io import atomic_write_text
 
 COLUMNS = ("benchmark", "param", "baseline_ms", "current_ms", "change_pct", "threshold_pct", "iqr_ms", "rounds",
            "decided_by", "outcome", "tflops", "mfu", "compile_cold_s", "compile_warm_s", "peak_mem_gib",
