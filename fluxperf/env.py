@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata as md
+import os
 import platform
 import re
 import subprocess
@@ -115,7 +116,20 @@ def _nvml_driver_version() -> str | None:
     return version.decode() if isinstance(version, bytes) else version
 
 
+# Where a checkout travels without .git (the lent GPU machines, CI artifacts), the commit comes from the
+# environment: FLUXPERF_GIT_COMMIT (set it when copying the tree) or GitHub Actions' GITHUB_SHA.
+COMMIT_ENV_VARS = ("FLUXPERF_GIT_COMMIT", "GITHUB_SHA")
+
+
 def git_commit(cwd: str | None = None) -> str | None:
+    """The checkout's commit: `git rev-parse HEAD`, else $FLUXPERF_GIT_COMMIT / $GITHUB_SHA, else None."""
+    from_git = _git_head(cwd)
+    if from_git:
+        return from_git
+    return next((os.environ[v].strip() for v in COMMIT_ENV_VARS if os.environ.get(v, "").strip()), None)
+
+
+def _git_head(cwd: str | None) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=cwd)
     except (FileNotFoundError, subprocess.TimeoutExpired):

@@ -24,3 +24,4 @@ def test_unknown_optional_name_is_a_clear_error():
 def test_every_package_has_an_install_hint():
     for pkg in PACKAGES.values():
         assert pkg.install and pkg.modules
+
