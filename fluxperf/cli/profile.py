@@ -1,0 +1,103 @@
+"""`fluxperf profile`: where one transformer step's time goes (kernel table -> per-category budget).
+
+Two sources: a stored kernel table (`--table`, e.g. the one kept with a baseline; no GPU needed) or a live profile
+of one rung (`--rung`: build the synthetic pipeline, apply the rung, time and profile one step).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("profile", help="per-category time budget of one transformer step",
+                              description="Profile one transformer step (or read a stored kernel table) and split its "
+                                          "time into GEMM, attention, quantization, fused/eager elementwise, copies "
+                                          "and launch gaps, with achieved TFLOP/s.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--table", help="a kernel table CSV (name,count,cuda_time_us per step), e.g. baselines/<gpu>/kernels/*.csv")
+    src.add_argument("--rung", help="profile this ladder rung live (e.g. float8)")
+    p.add_argument("--variant", choices=("schnell", "dev", "kontext"), default="schnell")
+    p.add_argument("--size", choices=("tiny", "full"), help="synthetic model size (default: full on CUDA, tiny on CPU)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--height", type=int, help="default 1024 full, 64 tiny")
+    p.add_argument("--width", type=int)
+    p.add_argument("--step-ms", type=float, help="with --table: the measured step time (adds the launch-gaps row)")
+    p.add_argument("--gemm-tflops", type=float, help="a GEMM rate (e.g. the measured bf16 peak) for the 'ms at rate' column")
+    p.add_argument("--attention-tflops", type=float, help="an attention rate for the 'ms at rate' column")
+    p.add_argument("--rounds", type=int, default=10, help="with --rung: timed steps for the step median")
+    p.add_argument("--out", help="directory for kernels.csv, budget.csv, budget.md (written atomically)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..bench.budget import time_budget, to_markdown
+    from ..bench.flops import step_flops
+    from ..errors import FluxperfError
+    from ..nightly.kernels import load_kernel_table
+
+    try:
+        if args.table:
+            size = args.size or "full"
+            spec = _spec(args, size)
+            table, step_ms = load_kernel_table(args.table), args.step_ms
+        else:
+            table, step_ms, size, spec = _profile_rung(args)
+        budget = time_budget(table, flops=step_flops(spec, size=size), step_ms=step_ms,
+                             gemm_tflops=args.gemm_tflops, attention_tflops=args.attention_tflops)
+    except (FluxperfError, FileNotFoundError, ValueError) as exc:
+        print(f"fluxperf profile: {exc}", file=sys.stderr)
+        return 2
+    text = to_markdown(budget)
+    print(f"{spec.key()} ({size}), {'table ' + args.table if args.table else 'rung ' + args.rung}\n\n{text}")
+    if args.out:
+        _write(Path(args.out), table, budget, text)
+        print(f"wrote {args.out}/ (kernels.csv, budget.csv, budget.md)")
+    return 0
+
+
+def _spec(args, size: str):
+    from ..shapes import ShapeSpec
+
+    side = 1024 if size == "full" else 64
+    return ShapeSpec(args.variant, args.height or side, args.width or args.height or side)
+
+
+def _profile_rung(args):
+    """Build, apply, time and profile one step of the rung; returns (table, step median ms, size, spec)."""
+    import torch
+
+    from ..apply import apply
+    from ..ladder import recipe_from
+    from ..model_configs import dims_of_pipeline
+    from ..models import build_pipeline
+    from ..nightly.kernels import profile_kernel_table
+    from ..shapes import transformer_inputs
+    from ..timing import time_fn
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    size = args.size or ("full" if device.startswith("cuda") else "tiny")
+    spec = _spec(args, size)
+    recipe = recipe_from(args.rung)
+    pipe = build_pipeline(args.variant, size, device=device, dtype=recipe.dtype, text_encoders=False)
+    apply(pipe, recipe, spec=spec, num_inference_steps=4 if args.variant == "schnell" else 28, variant=args.variant)
+    inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device=device, dtype=pipe.transformer.dtype)
+
+    def step():
+        with torch.inference_mode():
+            return pipe.transformer(**inputs)
+
+    timing = time_fn(step, warmup=3, rounds=args.rounds, device=device)  # warm-up compiles
+    table = profile_kernel_table(step, warmup=1, iters=3, device="cuda" if device.startswith("cuda") else "cpu")
+    # CPU profiles time ops on the host thread, which also covers what a GPU would call launch gaps: no gaps row
+    return table, (timing.median_ms if device.startswith("cuda") else None), size, spec
+
+
+def _write(out: Path, table, budget, text: str) -> None:
+    from ..io import atomic_write_text
+
+    atomic_write_text(out / "kernels.csv", table.to_csv(index=False))
+    atomic_write_text(out / "budget.csv", budget.to_csv(index=False))
+    atomic_write_text(out / "budget.md", text)
+
