@@ -60,3 +60,39 @@ def tiny_pipe_factory():
         return pipe
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_image_runner():
+    """make(variant, steps) -> (pipe, run): a fresh tiny dev/Kontext pipeline (fp32, CPU) and run(steps=steps)
+    returning its 64x64 image(s) as numpy from seeded prompt embeddings (and, for Kontext, a seeded input image).
+
+    The embeddings follow the pipeline's dtype, so recipes that cast it (bf16) keep working.
+    """
+    import numpy as np
+    import torch
+
+    from fluxperf.models import build_pipeline
+
+    def make(variant: str, steps: int):
+        pipe = build_pipeline(variant, "tiny", text_encoders=False, dtype="float32")
+        pipe.set_progress_bar_config(disable=True)
+        g = torch.Generator().manual_seed(0)
+        embeds = {"prompt_embeds": torch.randn(1, 16, 32, generator=g),
+                  "pooled_prompt_embeds": torch.randn(1, 32, generator=g)}
+        extra = {}
+        if variant == "kontext":
+            from PIL import Image
+
+            pixels = np.random.RandomState(0).randint(0, 255, (64, 64, 3), dtype=np.uint8)
+            extra = {"image": Image.fromarray(pixels), "max_area": 64 * 64, "_auto_resize": False}
+
+        def run(n: int = steps) -> np.ndarray:
+            dtype = pipe.transformer.dtype
+            return pipe(height=64, width=64, num_inference_steps=n, guidance_scale=3.5, output_type="np",
+                        generator=torch.Generator().manual_seed(0), **{k: v.to(dtype) for k, v in embeds.items()},
+                        **extra).images
+
+        return pipe, run
+
+    return make

@@ -37,28 +37,9 @@ def _cfg(**kw) -> CacheDitConfig:
     return CacheDitConfig(**{**base, **kw})
 
 
-def _runner(variant: str):
-    from fluxperf.models import build_pipeline
-
-    pipe = build_pipeline(variant, "tiny", text_encoders=False, dtype="float32")
-    g = torch.Generator().manual_seed(0)
-    embeds = {"prompt_embeds": torch.randn(1, 16, 32, generator=g), "pooled_prompt_embeds": torch.randn(1, 32, generator=g)}
-    if variant == "kontext":
-        from PIL import Image
-
-        pixels = np.random.RandomState(0).randint(0, 255, (64, 64, 3), dtype=np.uint8)
-        embeds.update(image=Image.fromarray(pixels), max_area=64 * 64, _auto_resize=False)
-
-    def run(steps: int = STEPS) -> np.ndarray:
-        return pipe(height=64, width=64, num_inference_steps=steps, guidance_scale=3.5, output_type="np",
-                    generator=torch.Generator().manual_seed(0), **embeds).images
-
-    return pipe, run
-
-
 @pytest.fixture(scope="module", params=["dev", "kontext"])
-def tiny(request):
-    pipe, run = _runner(request.param)
+def tiny(request, tiny_image_runner):
+    pipe, run = tiny_image_runner(request.param, STEPS)
     return request.param, pipe, run, run()
 
 
@@ -231,13 +212,13 @@ def test_enabling_twice_is_refused(clean):
 
 # -- the one compile case: dynamo (backend="eager") decides graph breaks, no Inductor needed -------------------
 @pytest.mark.slow
-def test_compile_hints_hold_under_dynamo():
+def test_compile_hints_hold_under_dynamo(tiny_image_runner):
     """cache-dit: regional fullgraph=True compiles and matches eager. FBC: fullgraph=True fails, False matches."""
     from fluxperf.fbcache import COMPILE_HINT as FBC_HINT
     from fluxperf.fbcache import apply_first_block_cache, disable_first_block_cache, first_block_cache_stats
     from fluxperf.recipe import FirstBlockCacheConfig
 
-    pipe, run = _runner("dev")
+    pipe, run = tiny_image_runner("dev", STEPS)
     steps = 4  # step 0 computed, steps 1-3 cached (loose thresholds), all through compiled blocks
     cases = [
         (lambda: apply_cache_dit(pipe, _cfg(max_warmup_steps=1), variant="dev", num_inference_steps=steps),

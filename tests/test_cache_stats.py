@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from fluxperf.cache_stats import active_cache, disable_active_cache, last_call_cache_stats
 from fluxperf.ladder import recipe_from
@@ -17,18 +16,8 @@ FBC = {"enabled": True, "threshold": 4.9}
 
 
 @pytest.fixture
-def dev():
-    from fluxperf.models import build_pipeline
-
-    pipe = build_pipeline("dev", "tiny", text_encoders=False, dtype="float32")
-    g = torch.Generator().manual_seed(0)
-    embeds = {"prompt_embeds": torch.randn(1, 16, 32, generator=g), "pooled_prompt_embeds": torch.randn(1, 32, generator=g)}
-
-    def run():  # in the pipeline's dtype: the recipes below cast it to bf16
-        dtype = pipe.transformer.dtype
-        return pipe(height=64, width=64, num_inference_steps=STEPS, guidance_scale=3.5, output_type="np",
-                    generator=torch.Generator().manual_seed(0), **{k: v.to(dtype) for k, v in embeds.items()}).images
-
+def dev(tiny_image_runner):
+    pipe, run = tiny_image_runner("dev", STEPS)
     yield pipe, run
     disable_active_cache(pipe)  # cache-dit patches the pipeline class: later pipelines need it off
 

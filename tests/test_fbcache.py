@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from fluxperf.errors import FluxperfError, RecipeError, UnavailableError
 from fluxperf.fbcache import (
@@ -30,28 +29,9 @@ def _cfg(threshold: float = LOOSE, kind: str = "first_block") -> FirstBlockCache
     return FirstBlockCacheConfig(enabled=True, kind=kind, threshold=threshold)
 
 
-def _runner(variant: str):
-    from fluxperf.models import build_pipeline
-
-    pipe = build_pipeline(variant, "tiny", text_encoders=False, dtype="float32")
-    g = torch.Generator().manual_seed(0)
-    kwargs = {"prompt_embeds": torch.randn(1, 16, 32, generator=g), "pooled_prompt_embeds": torch.randn(1, 32, generator=g)}
-    if variant == "kontext":
-        from PIL import Image
-
-        pixels = np.random.RandomState(0).randint(0, 255, (64, 64, 3), dtype=np.uint8)
-        kwargs.update(image=Image.fromarray(pixels), max_area=64 * 64, _auto_resize=False)
-
-    def run(steps: int = STEPS) -> np.ndarray:
-        return pipe(height=64, width=64, num_inference_steps=steps, guidance_scale=3.5, output_type="np",
-                    generator=torch.Generator().manual_seed(0), **kwargs).images
-
-    return pipe, run
-
-
 @pytest.fixture(scope="module", params=["dev", "kontext"])
-def tiny(request):
-    pipe, run = _runner(request.param)
+def tiny(request, tiny_image_runner):
+    pipe, run = tiny_image_runner(request.param, STEPS)
     return request.param, pipe, run, run()
 
 
@@ -199,12 +179,12 @@ def test_works_after_cache_dit_was_disabled(clean):
     assert first_block_cache_stats(pipe)["cached_steps"] == STEPS - 1
 
 
-def test_kontext_needs_the_context_fluxperf_opens():
+def test_kontext_needs_the_context_fluxperf_opens(tiny_image_runner):
     """diffusers' FluxKontextPipeline opens no cache_context, so plain diffusers FBC fails on it; fluxperf's works
     (covered by the kontext-parametrized tests above). Drop the workaround when this starts failing."""
     from diffusers.hooks import FirstBlockCacheConfig as DiffusersFBC
 
-    pipe, run = _runner("kontext")
+    pipe, run = tiny_image_runner("kontext", STEPS)
     pipe.transformer.enable_cache(DiffusersFBC(threshold=0.5))
     with pytest.raises(ValueError, match="No cache context is set"):
         run(2)
