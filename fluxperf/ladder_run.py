@@ -237,13 +237,14 @@ def image_call(pipe, variant: str, spec, *, steps: int, seed: int, embeds: dict,
 
 
 def _kontext_input_image(spec, seed: int):
-    """A deterministic conditioning image (smooth gradients + noise) of the target size."""
+    """A deterministic conditioning image (smooth gradients + noise) of the spec's conditioning size."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:spec.height, 0:spec.width]
-    base = np.stack([x / spec.width, y / spec.height, 0.5 + 0 * x], -1) * 200
+    h, w = spec.cond_height, spec.cond_width
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x / w, y / h, 0.5 + 0 * x], -1) * 200
     return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8))
 
 

@@ -4,8 +4,11 @@ Export example inputs, CUDA-graph keys, tests and benchmarks all derive from `Sh
 hard-coded 1024x1024 numbers.
 
 Token counts: the VAE downsamples by 8 and the transformer packs 2x2 latent patches, so an HxW image has
-(H/16)*(W/16) image tokens (4096 at 1024x1024). Kontext appends the conditioning image's tokens (same size
-here), doubling the image sequence. Text tokens: the T5 sequence length (256 schnell, 512 dev/kontext).
+(H/16)*(W/16) image tokens (4096 at 1024x1024). Kontext appends the conditioning image's tokens: by default the
+conditioning image has the target's size (doubling the image sequence); `cond_height`/`cond_width` give another
+size (the pipeline resizes the input image to about the target's area, keeping its aspect ratio, so a 4:3 input
+for a square target gives a different token count). Text tokens: the T5 sequence length (256 schnell, 512
+dev/kontext).
 
 Example:
     >>> s = ShapeSpec("schnell", 1024, 1024)
@@ -31,6 +34,8 @@ class ShapeSpec:
         height, width: image size in pixels, multiples of 16.
         batch: images per call.
         text_len: T5 tokens (default: the variant's max_sequence_length).
+        cond_height, cond_width: Kontext only: the conditioning image's size in pixels as the pipeline encodes it
+            (multiples of 16; default: the target's).
     """
 
     variant: str
@@ -38,12 +43,17 @@ class ShapeSpec:
     width: int
     batch: int = 1
     text_len: int | None = None
+    cond_height: int | None = None
+    cond_width: int | None = None
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant={self.variant!r} is not a FLUX.1 variant. Fix: use one of {list(VARIANTS)}.")
-        for name in ("height", "width"):
+        self._check_conditioning()
+        for name in ("height", "width", "cond_height", "cond_width"):
             value = getattr(self, name)
+            if value is None and name.startswith("cond_"):  # not Kontext
+                continue
             if not isinstance(value, int) or value <= 0 or value % PIXELS_PER_TOKEN:
                 raise ValueError(
                     f"{name}={value!r}: FLUX needs a positive multiple of {PIXELS_PER_TOKEN} pixels "
@@ -56,17 +66,39 @@ class ShapeSpec:
         if not isinstance(self.text_len, int) or self.text_len < 1:
             raise ValueError(f"text_len={self.text_len!r} must be an integer >= 1.")
 
+    def _check_conditioning(self) -> None:
+        """Kontext: default the conditioning size to the target's; other variants: refuse one."""
+        given = (self.cond_height, self.cond_width)
+        if self.variant != "kontext":
+            if given != (None, None):
+                raise ValueError(f"cond_height/cond_width={given} given for variant={self.variant!r}: only Kontext "
+                                 "takes a conditioning image. Fix: drop them, or use variant='kontext'.")
+            return
+        if (self.cond_height is None) != (self.cond_width is None):
+            raise ValueError(f"cond_height/cond_width={given}: give both or neither (neither: the target's size).")
+        if self.cond_height is None:
+            object.__setattr__(self, "cond_height", self.height)
+            object.__setattr__(self, "cond_width", self.width)
+
     # -- token counts ---------------------------------------------------------------------------------
     @property
     def latent_hw(self) -> tuple[int, int]:
-        """Packed latent grid (H/16, W/16)."""
+        """Packed latent grid of the generated image (H/16, W/16)."""
         return self.height // PIXELS_PER_TOKEN, self.width // PIXELS_PER_TOKEN
+
+    @property
+    def cond_latent_hw(self) -> tuple[int, int] | None:
+        """Packed latent grid of Kontext's conditioning image, None for the other variants."""
+        if self.variant != "kontext":
+            return None
+        return self.cond_height // PIXELS_PER_TOKEN, self.cond_width // PIXELS_PER_TOKEN
 
     @property
     def image_tokens(self) -> int:
         """Image tokens the transformer sees (Kontext: target + conditioning image)."""
         h, w = self.latent_hw
-        return h * w * (2 if self.variant == "kontext" else 1)
+        cond = self.cond_latent_hw
+        return h * w + (cond[0] * cond[1] if cond else 0)
 
     @property
     def text_tokens(self) -> int:
@@ -82,8 +114,11 @@ class ShapeSpec:
         return self.variant != "schnell"
 
     def key(self) -> str:
-        """A filesystem-safe id, e.g. 'schnell-1024x1024-b1-t256'."""
-        return f"{self.variant}-{self.height}x{self.width}-b{self.batch}-t{self.text_tokens}"
+        """A filesystem-safe id, e.g. 'schnell-1024x1024-b1-t256' (Kontext with another conditioning size:
+        '...-c1184x880')."""
+        key = f"{self.variant}-{self.height}x{self.width}-b{self.batch}-t{self.text_tokens}"
+        cond = (self.cond_height, self.cond_width)
+        return key if self.variant != "kontext" or cond == (self.height, self.width) else f"{key}-c{cond[0]}x{cond[1]}"
 
     # -- shapes ---------------------------------------------------------------------------------------
     def transformer_shapes(self, dims: ModelDims) -> dict[str, tuple[int, ...]]:
@@ -111,16 +146,22 @@ def image_ids(spec: ShapeSpec, device=None):
     """Position ids (S_img, 3) the FLUX pipelines build: (index, row, col); Kontext's second image has index 1."""
     import torch
 
-    h, w = spec.latent_hw
-    ids = torch.zeros(h, w, 3)
-    ids[..., 1] = torch.arange(h)[:, None]
-    ids[..., 2] = torch.arange(w)[None, :]
-    ids = ids.reshape(h * w, 3)
-    if spec.variant == "kontext":
-        cond = ids.clone()
+    ids = _grid_ids(*spec.latent_hw)
+    if spec.cond_latent_hw is not None:
+        cond = _grid_ids(*spec.cond_latent_hw)
         cond[:, 0] = 1
         ids = torch.cat([ids, cond], dim=0)
     return ids.to(device)
+
+
+def _grid_ids(h: int, w: int):
+    """(h*w, 3) ids (0, row, col), row-major, float32."""
+    import torch
+
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    return ids.reshape(h * w, 3)
 
 
 def transformer_inputs(spec: ShapeSpec, dims: ModelDims, *, device="cpu", dtype=None, seed: int = 0) -> dict:
@@ -129,7 +170,9 @@ def transformer_inputs(spec: ShapeSpec, dims: ModelDims, *, device="cpu", dtype=
     Args:
         spec: the call shape.
         dims: model numbers (model_configs.model_dims or dims_of_pipeline).
-        device, dtype: placement of the float tensors (ids stay float32, as in the pipelines).
+        device, dtype: placement of the float tensors. Position ids stay float32; the pipelines pass them in
+            the prompt dtype (bf16), which FluxPosEmbed upcasts, and bf16 holds every position below 256 exactly
+            (1024² has 64 per side), so the rotary embeddings agree.
         seed: seed of the random values.
 
     Example:

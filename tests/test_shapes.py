@@ -53,3 +53,51 @@ def test_inputs_are_seeded():
     a, b = transformer_inputs(spec, dims, seed=3), transformer_inputs(spec, dims, seed=3)
     assert torch.equal(a["hidden_states"], b["hidden_states"])
     assert not torch.equal(a["hidden_states"], transformer_inputs(spec, dims, seed=4)["hidden_states"])
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"variant": "dev", "cond_height": 64, "cond_width": 64}, "only Kontext"),
+    ({"variant": "kontext", "cond_height": 64}, "both or neither"),
+    ({"variant": "kontext", "cond_height": 60, "cond_width": 64}, "multiple of 16"),
+])
+def test_conditioning_size_rules(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ShapeSpec(**{"height": 64, "width": 64, **bad})
+
+
+def test_kontext_conditioning_of_another_size():
+    same = ShapeSpec("kontext", 64, 64)
+    other = ShapeSpec("kontext", 64, 64, cond_height=48, cond_width=80)
+    assert same == ShapeSpec("kontext", 64, 64, cond_height=64, cond_width=64) and same.key() == "kontext-64x64-b1-t512"
+    assert other.image_tokens == 16 + 3 * 5 and other.key() == "kontext-64x64-b1-t512-c48x80"
+    assert other.key() != same.key()  # export packages / CUDA graphs of the two shapes never collide
+    ids = image_ids(other)
+    assert ids.shape == (31, 3) and (ids[16:, 0] == 1).all() and ids[16:, 1].max() == 2 and ids[16:, 2].max() == 4
+
+
+def test_kontext_pipeline_sees_the_conditioning_tokens_the_spec_predicts():
+    """The real FluxKontextPipeline with an 80x48 input image for a 64x64 target: the transformer receives exactly
+    the hidden-state shape and position ids of ShapeSpec(..., cond_height=48, cond_width=80)."""
+    import numpy as np
+    from PIL import Image
+
+    from fluxperf.models import build_pipeline
+
+    pipe = build_pipeline("kontext", "tiny", text_encoders=False, dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen.setdefault("hidden_states", kwargs["hidden_states"].shape)
+        seen.setdefault("img_ids", kwargs["img_ids"].clone())
+
+    pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    g = torch.Generator().manual_seed(0)
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (48, 80, 3), dtype=np.uint8))  # H=48, W=80
+    pipe(image=image, height=64, width=64, num_inference_steps=1, guidance_scale=3.5, max_area=64 * 64,
+         _auto_resize=False, prompt_embeds=torch.randn(1, 16, 32, generator=g),
+         pooled_prompt_embeds=torch.randn(1, 32, generator=g), output_type="np")
+    spec = ShapeSpec("kontext", 64, 64, text_len=16, cond_height=48, cond_width=80)
+    dims = model_dims("kontext", "tiny")
+    assert tuple(seen["hidden_states"]) == spec.transformer_shapes(dims)["hidden_states"]
+    assert torch.equal(seen["img_ids"].float(), image_ids(spec))
