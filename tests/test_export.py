@@ -1,17 +1,13 @@
 """Export on CPU: example inputs for any (variant, size, batch), torch.export of the tiny transformer, the
-package cache (keys, manifests, refusal), the pipeline adapters, and the refusals (no CUDA, caching active)."""
+pipeline adapters, weights modes, and the refusals (no CUDA, caching active). Package cache: test_export_cache.py."""
 
 from __future__ import annotations
-
-import json
-import os
 
 import pytest
 import torch
 
-from fluxperf import export_cache as ec
 from fluxperf.cudagraph import CudaGraphRunner, EagerReplayBackend
-from fluxperf.errors import FluxperfError, RecipeError, UnavailableError
+from fluxperf.errors import RecipeError, UnavailableError
 from fluxperf.export import (
     ExportCacheConflictError,
     ExportError,
@@ -127,128 +123,6 @@ def test_torch_export_of_tiny_transformer_on_cpu():
     assert len(user_inputs) == len(ex.names) == 7
     # load_package hands the package constants by these names: they must be the wrapper module's names
     assert set(program.state_dict) | set(program.constants) <= set(constants_map(module))
-
-
-# -- cache keys and manifests ----------------------------------------------------------------------------
-SPEC = ShapeSpec("schnell", 512, 512)
-FP = {"class": "FluxTransformer2DModel", "config": {"num_layers": 19}}
-
-
-def _key(recipe=None, fp=FP, spec=SPEC, **kw):
-    recipe = recipe or rung("export")
-    parts = ec.recipe_graph_parts(recipe, {**recipe.inductor_flags.options(), "x": 1})
-    kw = {"torch_version": "2.11.0+cu130", "gpu_name": "NVIDIA H100 80GB HBM3", **kw}
-    return ec.make_key("transformer", spec, "bfloat16", parts, fp, **kw)
-
-
-def test_key_changes_with_every_graph_changing_part():
-    base = _key()
-    assert _key() == base and base.relpath() == _key().relpath()
-    export = rung("export")
-    variants = [
-        _key(export.replace(fuse_qkv=False)),
-        _key(export.replace(attention={"backend": "sdpa"})),
-        _key(export.replace(attention={"fp8_scaling": "per_head"})),
-        _key(export.replace(quantize={"kind": "none"})),
-        _key(export.replace(quantize={"granularity": "row"})),
-        _key(export.replace(inductor_flags={"epilogue_fusion": True})),
-        _key(export.replace(channels_last=False)),
-        _key(fp={**FP, "config": {"num_layers": 1}}),
-        _key(spec=ShapeSpec("schnell", 512, 512, batch=2)),
-        _key(spec=ShapeSpec("schnell", 768, 1360)),
-        _key(torch_version="2.12.0"),
-        _key(gpu_name="NVIDIA H200"),
-    ]
-    paths = {base.relpath()} | {k.relpath() for k in variants}
-    assert len(paths) == len(variants) + 1
-    assert _key(export.replace(export={"cudagraphs": False})) == base  # replay strategy does not change the package
-    assert str(base.relpath()).startswith("transformer/schnell-512x512-b1-t256-bfloat16/torch-2.11.0+cu130/nvidia-h100")
-
-
-def test_module_fingerprint_sees_fused_qkv_and_config():
-    pipe = build_pipeline("schnell", "tiny", text_encoders=False)
-    before = ec.module_fingerprint(pipe.transformer)
-    assert before == ec.module_fingerprint(pipe.transformer)
-    pipe.transformer.fuse_qkv_projections()
-    assert ec.module_fingerprint(pipe.transformer) != before
-    assert ec.module_fingerprint(pipe.vae)["class"].endswith("AutoencoderKL")
-
-
-def test_get_or_build_miss_then_hit_with_manifest(tmp_path):
-    key, calls = _key(), []
-
-    def build(tmp):
-        calls.append(tmp)
-        assert tmp.endswith(".pt2") and os.path.dirname(tmp) == str(ec.package_dir(tmp_path, key))
-        with open(tmp, "wb") as f:
-            f.write(b"package")
-
-    path, status, _ = ec.get_or_build(tmp_path, key, build, inputs=[{"name": "x"}])
-    assert status == "miss" and len(calls) == 1 and path.read_bytes() == b"package"
-    manifest = json.loads((path.parent / ec.MANIFEST_FILE).read_text())
-    assert manifest["torch_version"] == key.torch_version and manifest["inputs"] == [{"name": "x"}]
-    assert sorted(p.name for p in path.parent.iterdir()) == [ec.MANIFEST_FILE, ec.PACKAGE_FILE]  # no temp files
-    path2, status2, build_s = ec.get_or_build(tmp_path, key, build)
-    assert (path2, status2, build_s) == (path, "hit", 0.0) and len(calls) == 1
-
-
-def test_failed_build_leaves_nothing_that_looks_complete(tmp_path):
-    key = _key()
-
-    def boom(tmp):
-        open(tmp, "wb").write(b"half")
-        raise RuntimeError("compiler died")
-
-    with pytest.raises(RuntimeError, match="compiler died"):
-        ec.get_or_build(tmp_path, key, boom)
-    assert list(ec.package_dir(tmp_path, key).iterdir()) == []
-    assert ec.lookup(tmp_path, key) is None  # next run: a miss, not a broken hit
-
-
-@pytest.mark.parametrize("field,stored,label", [("torch_version", "2.9.1+cu128", "torch version"),
-                                                ("gpu_name", "NVIDIA A100-SXM4-80GB", "GPU")])
-def test_foreign_package_is_refused_naming_both_values(tmp_path, field, stored, label):
-    key = _key()
-    ec.get_or_build(tmp_path, key, lambda tmp: open(tmp, "wb").write(b"p"))
-    directory = ec.package_dir(tmp_path, key)
-    manifest = json.loads((directory / ec.MANIFEST_FILE).read_text())
-    (directory / ec.MANIFEST_FILE).write_text(json.dumps({**manifest, field: stored}))  # as if copied from elsewhere
-    with pytest.raises(ec.PackageMismatchError) as info:
-        ec.lookup(tmp_path, key)
-    msg = str(info.value)
-    assert isinstance(info.value, FluxperfError)
-    assert f"{label} {stored!r}" in msg and repr(getattr(key, field)) in msg
-    assert "delete" in msg and str(directory) in msg and "rebuild" in msg
-
-
-def test_manifest_without_package_is_refused(tmp_path):
-    key = _key()
-    ec.write_manifest(ec.package_dir(tmp_path, key), key)
-    with pytest.raises(ec.PackageMismatchError, match="missing"):
-        ec.lookup(tmp_path, key)
-
-
-def test_manifest_write_is_atomic(tmp_path, monkeypatch):
-    key = _key()
-    directory = ec.package_dir(tmp_path, key)
-    ec.write_manifest(directory, key, note="old")
-
-    def crash(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        ec.write_manifest(directory, key, note="new")
-    monkeypatch.undo()
-    assert ec.read_manifest(directory)["note"] == "old"  # the old manifest is intact
-    assert [p.name for p in directory.iterdir()] == [ec.MANIFEST_FILE]  # and no temp file is left behind
-
-
-def test_default_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("FLUXPERF_CACHE", str(tmp_path / "c"))
-    assert ec.default_cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("FLUXPERF_CACHE")
-    assert ec.default_cache_dir().parts[-3:] == (".cache", "fluxperf", "aoti")
 
 
 # -- pipeline adapters (eager runners stand in for the packages) ------------------------------------------
@@ -419,53 +293,3 @@ def test_remove_export_drops_captured_graphs_first():
     pipe.transformer(**dict(zip(ex.names, ex.args)))
     assert run.stats.cached == 1
     assert remove_export(pipe) and run.stats.cached == 0 and run.stats.recorded == 1
-
-
-# -- scripts/diag_export.py: a crashing stage is isolated and reported ------------------------------------------
-def _diag():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "diag_export.py"
-    spec = importlib.util.spec_from_file_location("diag_export", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_diag_stage_segfault_is_reported_not_fatal(tmp_path):
-    import subprocess
-
-    diag = _diag()
-    proc = subprocess.run(diag.stage_command("segv", tmp_path, device="cpu"), capture_output=True, text=True,
-                          env=diag.stage_env_vars(tmp_path), timeout=60)
-    rec = diag.parse_child("segv", proc.returncode, proc.stdout + proc.stderr, 1.0)
-    assert rec["status"] == "killed by SIGSEGV" and rec["last_step"] == "about to read address 0"
-    assert "Fatal Python error: Segmentation fault" in rec["tail"] and "stage_segv" in rec["tail"]  # faulthandler
-    assert rec["result"] is None
-
-
-def test_diag_outcomes_and_their_meaning():
-    diag = _diag()
-    ok = diag.parse_child("linear_so", 0, 'STEP run\nSTEP done\nRESULT {"problems": []}', 2.0)
-    wrong = diag.parse_child("flux_fp32", 0, 'STEP done\nRESULT {"problems": ["rel_err=1.4 > 0.0001"]}', 2.0)
-    boom = diag.parse_child("linear_user", 3, 'STEP load\nTraceback\nRESULT {"exception": "RuntimeError: x"}', 2.0)
-    hang = diag.parse_child("linear_copy", None, "STEP compile", 80.0)
-    assert (ok["status"], wrong["status"], boom["status"], hang["status"]) == ("ok", "wrong results", "exception",
-                                                                              "timeout")
-    assert boom["last_step"] == "load" and hang["last_step"] == "compile"
-    notes = diag.meaning({"linear_so": ok, "linear_user": boom, "linear_copy": hang})
-    assert any("load_constants is the culprit" in n and "FLUXPERF_EXPORT_WEIGHTS=so" in n for n in notes)
-    notes = diag.meaning({"linear_so": diag.parse_child("linear_so", -11, "STEP load", 1.0)})
-    assert any("AOTI itself fails" in n for n in notes)
-
-
-def test_module_fingerprint_ignores_private_config_bookkeeping():
-    """diffusers keeps `_use_default_values` in set order (differs per process): it must not change the key."""
-    pipe = build_pipeline("dev", "tiny", text_encoders=False)
-    before = ec.module_fingerprint(pipe.vae)
-    names = pipe.vae.config["_use_default_values"]
-    pipe.vae._internal_dict = type(pipe.vae.config)({**pipe.vae.config, "_use_default_values": list(reversed(names))})
-    assert len(names) > 1 and ec.module_fingerprint(pipe.vae) == before
-    pipe.vae._internal_dict = type(pipe.vae.config)({**pipe.vae.config, "scaling_factor": 0.5})
-    assert ec.module_fingerprint(pipe.vae) != before  # a real config change still counts
