@@ -70,7 +70,7 @@ def _profile_rung(args):
 
     from ..apply import apply
     from ..ladder import recipe_from
-    from ..model_configs import dims_of_pipeline
+    from ..model_configs import VARIANT_DEFAULTS, dims_of_pipeline
     from ..models import build_pipeline
     from ..nightly.kernels import profile_kernel_table
     from ..shapes import transformer_inputs
@@ -81,7 +81,7 @@ def _profile_rung(args):
     spec = _spec(args, size)
     recipe = recipe_from(args.rung)
     pipe = build_pipeline(args.variant, size, device=device, dtype=recipe.dtype, text_encoders=False)
-    apply(pipe, recipe, spec=spec, num_inference_steps=4 if args.variant == "schnell" else 28, variant=args.variant)
+    apply(pipe, recipe, spec=spec, num_inference_steps=VARIANT_DEFAULTS[args.variant]["steps"], variant=args.variant)
     inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device=device, dtype=pipe.transformer.dtype)
 
     def step():
