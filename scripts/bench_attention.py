@@ -14,13 +14,13 @@ Run on the H100 (about 20 s):
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from fluxperf.io import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -148,14 +148,6 @@ def torch_device_index() -> int:
     return torch.cuda.current_device()
 
 
-def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def print_table(rows) -> None:
     print(f"{'shape':<14}{'method':<19}{'median ms':>10}{'p10':>8}{'p90':>8}{'TFLOP/s':>9}{'rel err':>10}")
     for r in rows:
@@ -194,7 +186,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "attention", "environment": environment(),
               "gpu_state": {"before": state_before, "after": gpu_state()}, "timing": "CUDA events, median of reps, "
               "warm-up excluded; rel_err = ||out - ref||_2 / ||ref||_2, ref = SDPA fp32", "rows": rows}
-    write_json_atomic(args.out, result)
+    atomic_write_json(args.out, result)
     print_table(rows)
     print(f"wrote {args.out}")
     failed = [f"{r['shape']}/{r['method']}" for r in rows if not r["ok"]]

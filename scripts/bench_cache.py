@@ -31,14 +31,14 @@ Run (H100, wheels installed as in DEVICE.md):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from fluxperf.io import atomic_write_json
 
 PROBE_MIN_DB = 60.0  # caching enabled but nothing cached: same block graphs, so (near-)identical images
 FLOOR_SLACK_DB = 1.0  # ... or, where recompiling alone moves the image more, within this of the recompile floor
@@ -246,15 +246,6 @@ def print_table(rows: list[dict], steps: int) -> None:
               f"{r['psnr_db']:>8.2f} {r['ssim']:>6.3f}  {' '.join(notes)}")
 
 
-def write_json(path: str, data: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -292,9 +283,9 @@ def main(argv=None) -> int:
             out["probe_residual_diffs"] = diffs = r["stats"]["residual_diffs"]
             if not args.no_calibrated:
                 plan += calibrated_configs(diffs)
-        write_json(args.out, out)  # after every configuration: a crash keeps what was measured
+        atomic_write_json(args.out, out)  # after every configuration: a crash keeps what was measured
     out["total_s"] = time.perf_counter() - t0
-    write_json(args.out, out)
+    atomic_write_json(args.out, out)
     print_table(rows, args.steps)
     print(f"\n[bench_cache] wrote {args.out} in {out['total_s']:.0f} s")
     problems = clean_problems(rows)

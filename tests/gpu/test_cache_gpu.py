@@ -12,15 +12,14 @@ Run: pytest -m gpu tests/gpu/test_cache_gpu.py        (with $OUT set, the number
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 
 import numpy as np
 import pytest
 import torch
 
+from fluxperf.io import atomic_write_json
 from fluxperf.optional import probe
 from fluxperf.recipe import CacheDitConfig, FirstBlockCacheConfig
 
@@ -52,10 +51,7 @@ def write_results():
     yield
     out = os.environ.get("OUT")
     if out and RESULTS:
-        fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(RESULTS, f, indent=1, default=str)
-        os.replace(tmp, os.path.join(out, "cache_gpu_numerics.json"))
+        atomic_write_json(os.path.join(out, "cache_gpu_numerics.json"), RESULTS)
 
 
 @pytest.fixture(scope="module")
