@@ -7,7 +7,14 @@ buffers (DESIGN.md, lesson 4). Here the key (`signature_key`) covers every tenso
 values of plain non-tensor arguments. Anything else is refused with `GraphKeyError`.
 
 Per call: the caller's tensors are copied (`copy_`) into the graph's static input buffers, the graph replays,
-and the static outputs are cloned, so a later replay cannot overwrite what the caller holds. At most
+and the static outputs are cloned, so a later replay cannot overwrite what the caller holds.
+
+Inputs mutated in place (e.g. a step function doing ``latents.add_(noise * dt)``) are COPIED BACK, so results
+equal eager: at capture the runner compares each static input's version counter (``Tensor._version``) before and
+after the backend's warm-up/capture runs; an input whose counter moved is "mutated". Every call, the first one
+included, refills ALL static inputs from the caller's tensors right before the replay (so the warm-up runs'
+updates are discarded and the update is applied exactly once per call), and after the replay the mutated static
+inputs are copied back into the caller's tensors. `CudaGraphRunner.mutated_inputs()` names them. At most
 `max_graphs` graphs are kept (least recently used evicted first). Inference only: capture and replay run
 under `torch.no_grad()`.
 
@@ -209,6 +216,7 @@ class _Entry:
     static_kwargs: dict
     static_inputs: list  # the tensors of (static_args, static_kwargs), in key order
     outputs: Any
+    mutated: tuple[int, ...] = ()  # indices into static_inputs that fn updates in place (copied back per call)
 
 
 class CudaGraphRunner:
@@ -249,6 +257,11 @@ class CudaGraphRunner:
         """Signature keys of the cached graphs, least recently used first."""
         return list(self._graphs)
 
+    def mutated_inputs(self) -> dict[tuple, tuple[int, ...]]:
+        """Signature key -> indices (in key order, see `signature_key`) of the tensor inputs that the recorded
+        function updates in place; those are copied back into the caller's tensors after each replay."""
+        return {key: entry.mutated for key, entry in self._graphs.items()}
+
     def clear(self) -> None:
         """Drop every graph (counters are kept)."""
         self._graphs.clear()
@@ -264,16 +277,20 @@ class CudaGraphRunner:
         import torch
 
         key = signature_key(args, kwargs)
+        given = _tensors((args, kwargs))
         with torch.no_grad():
             entry = self._graphs.get(key)
             if entry is None:
                 entry = self._record(key, args, kwargs)
             else:
                 self._graphs.move_to_end(key)
-                for static, given in zip(entry.static_inputs, _tensors((args, kwargs))):
-                    static.copy_(given)
+            # also after a fresh capture: warm-up/capture runs may have updated the static inputs in place
+            for static, tensor in zip(entry.static_inputs, given):
+                static.copy_(tensor)
             self.backend.replay(entry.handle)
             self._replays += 1
+            for i in entry.mutated:  # in-place updates reach the caller, as in eager
+                given[i].copy_(entry.static_inputs[i])
             return _clone_tensors(entry.outputs)
 
     def _record(self, key, args, kwargs) -> _Entry:
@@ -281,8 +298,12 @@ class CudaGraphRunner:
             self._graphs.popitem(last=False)
             self._evictions += 1
         static_args, static_kwargs = _static_copy((args, kwargs))
+        static_inputs = _tensors((static_args, static_kwargs))
+        before = [t._version for t in static_inputs]
         handle, outputs = self.backend.capture(self.fn, static_args, static_kwargs)
-        entry = _Entry(handle, static_args, static_kwargs, _tensors((static_args, static_kwargs)), outputs)
+        # the version counter moves on every in-place op (eager, warm-up or under capture): fn mutates these
+        mutated = tuple(i for i, (t, v) in enumerate(zip(static_inputs, before)) if t._version != v)
+        entry = _Entry(handle, static_args, static_kwargs, static_inputs, outputs, mutated)
         self._graphs[key] = entry
         self._recorded += 1
         return entry

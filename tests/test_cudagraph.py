@@ -231,3 +231,42 @@ def test_cuda_backend_refuses_capture_without_warmup():
     with pytest.raises(FluxperfError, match=r"warmup=0 .*Fix: pass e.g. warmup=2"):
         CudaGraphBackend(warmup=0)
     assert CudaGraphBackend(capture_error_mode="thread_local").capture_error_mode == "thread_local"
+
+
+# -- inputs updated in place by the recorded function ------------------------------------------------------
+def euler_step(latents, noise, dt):
+    """A sampler step that updates its input in place (what a scheduler's step does to latents)."""
+    latents.add_(noise * dt)
+    return latents.sum()
+
+
+def test_in_place_input_update_is_copied_back_and_applied_once_per_call():
+    # eager: 0.5 per call, so sums 2, 4, 6 and the caller's tensor ends at 1.5 (before: [4, 2, 2], still zeros)
+    run = runner(euler_step)
+    latents, noise = torch.zeros(4), torch.ones(4)
+    outs = [run(latents, noise, 0.5).item() for _ in range(3)]
+    assert outs == [2.0, 4.0, 6.0]
+    assert latents.tolist() == [1.5] * 4 and noise.tolist() == [1.0] * 4
+    assert run.stats.recorded == 1
+    assert list(run.mutated_inputs().values()) == [(0,)]  # latents only; noise is read, not written
+
+
+def test_in_place_update_with_the_warmup_of_a_graph_backend_is_not_applied_twice():
+    """A backend that runs fn several times before the first replay (CUDA: warm-up runs, then capture)."""
+
+    class WarmupEager(EagerReplayBackend):
+        def capture(self, fn, static_args, static_kwargs):
+            fn(*static_args, **static_kwargs)  # warm-up run: updates the static input once more
+            return super().capture(fn, static_args, static_kwargs)
+
+    run = CudaGraphRunner(euler_step, backend=WarmupEager())
+    latents = torch.zeros(4)
+    outs = [run(latents, torch.ones(4), 0.5).item() for _ in range(3)]
+    assert outs == [2.0, 4.0, 6.0] and latents.tolist() == [1.5] * 4
+
+
+def test_pure_function_marks_no_input_as_mutated():
+    run = runner()
+    a = torch.ones(3)
+    run(a, y=torch.ones(3))
+    assert list(run.mutated_inputs().values()) == [()] and a.tolist() == [1.0, 1.0, 1.0]

@@ -86,3 +86,19 @@ def test_eviction_and_rerecord_with_shared_pool(model):
         torch.testing.assert_close(run(xs[n], bias=b), eager(model, xs[n], b), atol=ATOL, rtol=RTOL)
     assert run.stats.as_dict() == {"recorded": 4, "replays": 4, "evictions": 2, "cached": 2}
     torch.testing.assert_close(run(xs[12], bias=b), eager(model, xs[12], b), atol=ATOL, rtol=RTOL)
+
+
+def test_in_place_input_update_is_copied_back_and_applied_once_per_call():
+    """A sampler step doing latents.add_(noise * dt): the warm-up runs and capture must not add their updates,
+    and the caller's tensor receives the update after each replay, exactly as eager."""
+
+    def euler_step(latents, noise, dt):
+        latents.add_(noise * dt)
+        return latents.sum()
+
+    run = CudaGraphRunner(euler_step)  # CudaGraphBackend(warmup=2): two eager runs and a capture before the first replay
+    latents, noise = torch.zeros(4, device="cuda"), torch.ones(4, device="cuda")
+    outs = [run(latents, noise, 0.5).item() for _ in range(3)]
+    assert outs == [2.0, 4.0, 6.0]
+    assert latents.tolist() == [1.5] * 4 and noise.tolist() == [1.0] * 4
+    assert list(run.mutated_inputs().values()) == [(0,)]
