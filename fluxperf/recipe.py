@@ -14,13 +14,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import RecipeError
+from .recipe_checks import check_fields, checked
 
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_STEPS = 1000  # upper bound of step-count fields (FLUX uses 4-50)
+_STEP_CAP_FIX = "use -1 (no cap) or a step count >= 0"
 
 
 class AttentionBackendName(str, Enum):
@@ -51,14 +54,13 @@ class AttentionConfig:
         fallback: None (fail if the backend cannot run) or "sdpa" (fall back, recorded in the report).
     """
 
-    backend: str = "sdpa"
-    fp8_scaling: str = "unscaled"
-    fallback: str | None = None
+    SECTION: ClassVar[str] = "attention"
+    backend: str = checked("sdpa", choices=AttentionBackendName.values())
+    fp8_scaling: str = checked("unscaled", choices=("unscaled", "per_head"))
+    fallback: str | None = checked(None, choices=(None, "sdpa"))
 
     def validate(self) -> None:
-        _one_of("attention.backend", self.backend, AttentionBackendName.values())
-        _one_of("attention.fp8_scaling", self.fp8_scaling, ("unscaled", "per_head"))
-        _one_of("attention.fallback", self.fallback, (None, "sdpa"))
+        check_fields(self, self.SECTION)
         if self.fp8_scaling != "unscaled" and self.backend not in FP8_BACKENDS:
             raise RecipeError(
                 f"attention.fp8_scaling={self.fp8_scaling!r} only applies to fp8 backends {FP8_BACKENDS}, "
@@ -75,16 +77,16 @@ class QuantizeConfig:
         granularity: "tensor" (PerTensor, flux-fast's) or "row" (PerRow).
     """
 
-    kind: str = "none"
-    granularity: str = "tensor"
+    SECTION: ClassVar[str] = "quantize"
+    kind: str = checked("none", choices=("none", "float8"))
+    granularity: str = checked("tensor", choices=("tensor", "row"))
 
     @property
     def enabled(self) -> bool:
         return self.kind != "none"
 
     def validate(self) -> None:
-        _one_of("quantize.kind", self.kind, ("none", "float8"))
-        _one_of("quantize.granularity", self.granularity, ("tensor", "row"))
+        check_fields(self, self.SECTION)
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,12 @@ class InductorFlags:
     """flux-fast's inductor flags. Applied only to the code fluxperf compiles (torch.compile `options=` or
     AOTInductor `inductor_configs=`) and, where a global patch is needed, as a scoped patch that is restored."""
 
-    enabled: bool = False
-    conv_1x1_as_mm: bool = True
-    epilogue_fusion: bool = False
-    coordinate_descent_tuning: bool = True
-    coordinate_descent_check_all_directions: bool = True
+    SECTION: ClassVar[str] = "inductor_flags"
+    enabled: bool = checked(False)
+    conv_1x1_as_mm: bool = checked(True)
+    epilogue_fusion: bool = checked(False)
+    coordinate_descent_tuning: bool = checked(True)
+    coordinate_descent_check_all_directions: bool = checked(True)
 
     def options(self) -> dict[str, bool]:
         """The inductor config entries to set (empty when disabled)."""
@@ -105,8 +108,7 @@ class InductorFlags:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "enabled"}
 
     def validate(self) -> None:
-        for f in fields(self):
-            _bool(f"inductor_flags.{f.name}", getattr(self, f.name))
+        check_fields(self, self.SECTION)
 
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -121,20 +123,20 @@ class CompileConfig:
         scope: "regional" (compile_repeated_blocks: the 19 + 38 blocks, fast to compile) or "whole".
         mode: torch.compile mode (None = default).
         fullgraph: refuse graph breaks.
+        dynamic: torch.compile's dynamic shapes.
         vae: also compile the VAE decoder.
     """
 
-    enabled: bool = False
-    scope: str = "regional"
-    mode: str | None = None
-    fullgraph: bool = True
-    dynamic: bool = False
-    vae: bool = True
+    SECTION: ClassVar[str] = "compile"
+    enabled: bool = checked(False)
+    scope: str = checked("regional", choices=("regional", "whole"))
+    mode: str | None = checked(None, choices=COMPILE_MODES)
+    fullgraph: bool = checked(True)
+    dynamic: bool = checked(False)
+    vae: bool = checked(True)
 
     def validate(self) -> None:
-        _bool("compile.enabled", self.enabled)
-        _one_of("compile.scope", self.scope, ("regional", "whole"))
-        _one_of("compile.mode", self.mode, COMPILE_MODES)
+        check_fields(self, self.SECTION)
 
 
 @dataclass(frozen=True)
@@ -148,56 +150,54 @@ class ExportConfig:
         cache_dir: where .pt2 packages are stored (None: $FLUXPERF_CACHE or ~/.cache/fluxperf/aoti).
     """
 
-    enabled: bool = False
-    cudagraphs: bool = True
-    vae: bool = True
-    cache_dir: str | None = None
+    SECTION: ClassVar[str] = "export"
+    enabled: bool = checked(False)
+    cudagraphs: bool = checked(True)
+    vae: bool = checked(True)
+    cache_dir: str | None = checked(None, nonempty=True, fix="a directory path as a string (str(path)), or None")
 
     def validate(self) -> None:
-        _bool("export.enabled", self.enabled)
-        _bool("export.cudagraphs", self.cudagraphs)
+        check_fields(self, self.SECTION)
 
 
 @dataclass(frozen=True)
 class CacheDitConfig:
-    """cache-dit DBCache (Fn/Bn compute blocks over FLUX's 57 blocks). Not for schnell (4 steps)."""
+    """cache-dit DBCache (Fn/Bn compute blocks over FLUX's 57 blocks). Not for schnell (4 steps).
 
-    enabled: bool = False
-    Fn: int = 12
-    Bn: int = 12
-    residual_diff_threshold: float = 0.12
-    max_warmup_steps: int = 8
-    max_cached_steps: int = -1
-    max_continuous_cached_steps: int = -1
+    Args:
+        Fn, Bn: front / back compute blocks (0-57; Fn >= 1 when enabled).
+        residual_diff_threshold: relative residual change under which a step is served from the cache, in (0, 10).
+        max_warmup_steps: steps always computed first.
+        max_cached_steps, max_continuous_cached_steps: caps on cached steps (-1: no cap).
+    """
+
+    SECTION: ClassVar[str] = "cache_dit"
+    enabled: bool = checked(False)
+    Fn: int = checked(12, lo=0, hi=57)
+    Bn: int = checked(12, lo=0, hi=57)
+    residual_diff_threshold: float = checked(0.12, lo=0, hi=10, open_lo=True, open_hi=True,
+                                             fix="use a number such as 0.08-0.24")
+    max_warmup_steps: int = checked(8, lo=0, hi=MAX_STEPS)
+    max_cached_steps: int = checked(-1, lo=-1, hi=MAX_STEPS, fix=_STEP_CAP_FIX)
+    max_continuous_cached_steps: int = checked(-1, lo=-1, hi=MAX_STEPS, fix=_STEP_CAP_FIX)
 
     def validate(self) -> None:
-        _bool("cache_dit.enabled", self.enabled)
-        for name in ("Fn", "Bn", "max_warmup_steps"):
-            _int_range(f"cache_dit.{name}", getattr(self, name), 0, 57)
+        check_fields(self, self.SECTION)
         if self.enabled and self.Fn < 1:
             raise RecipeError(f"cache_dit.Fn={self.Fn}: DBCache needs at least one front compute block. Fix: Fn >= 1.")
-        if not isinstance(self.residual_diff_threshold, (int, float)) or not 0 < self.residual_diff_threshold < 10:
-            raise RecipeError(
-                f"cache_dit.residual_diff_threshold={self.residual_diff_threshold!r} must be a number in (0, 10). "
-                "Fix: use e.g. 0.08-0.24."
-            )
 
 
 @dataclass(frozen=True)
 class FirstBlockCacheConfig:
-    """diffusers' first-block cache (or TeaCache when `kind="teacache"`)."""
+    """diffusers' first-block cache (or TeaCache when `kind="teacache"`); threshold in (0, 5)."""
 
-    enabled: bool = False
-    kind: str = "first_block"
-    threshold: float = 0.2
+    SECTION: ClassVar[str] = "first_block_cache"
+    enabled: bool = checked(False)
+    kind: str = checked("first_block", choices=("first_block", "teacache"))
+    threshold: float = checked(0.2, lo=0, hi=5, open_lo=True, open_hi=True, fix="use a number such as 0.15-0.4")
 
     def validate(self) -> None:
-        _bool("first_block_cache.enabled", self.enabled)
-        _one_of("first_block_cache.kind", self.kind, ("first_block", "teacache"))
-        if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 5:
-            raise RecipeError(
-                f"first_block_cache.threshold={self.threshold!r} must be a number in (0, 5). Fix: use 0.15-0.4."
-            )
+        check_fields(self, self.SECTION)
 
 
 @dataclass(frozen=True)
@@ -211,36 +211,30 @@ class Recipe:
         channels_last: VAE in channels_last memory format.
     """
 
-    name: str = "custom"
-    dtype: str = "bfloat16"
-    fuse_qkv: bool = False
-    channels_last: bool = False
-    attention: AttentionConfig = field(default_factory=AttentionConfig)
-    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
-    inductor_flags: InductorFlags = field(default_factory=InductorFlags)
-    compile: CompileConfig = field(default_factory=CompileConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    cache_dit: CacheDitConfig = field(default_factory=CacheDitConfig)
-    first_block_cache: FirstBlockCacheConfig = field(default_factory=FirstBlockCacheConfig)
+    name: str = checked("custom", nonempty=True, fix="use a non-empty label such as 'my_recipe'")
+    dtype: str = checked("bfloat16", choices=DTYPES)
+    fuse_qkv: bool = checked(False)
+    channels_last: bool = checked(False)
+    attention: AttentionConfig = checked(factory=AttentionConfig)
+    quantize: QuantizeConfig = checked(factory=QuantizeConfig)
+    inductor_flags: InductorFlags = checked(factory=InductorFlags)
+    compile: CompileConfig = checked(factory=CompileConfig)
+    export: ExportConfig = checked(factory=ExportConfig)
+    cache_dit: CacheDitConfig = checked(factory=CacheDitConfig)
+    first_block_cache: FirstBlockCacheConfig = checked(factory=FirstBlockCacheConfig)
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> Recipe:
-        """Check each step and every cross-step rule; raise RecipeError naming the combination and the fix."""
-        _one_of("dtype", self.dtype, DTYPES)
-        _bool("fuse_qkv", self.fuse_qkv)
-        _bool("channels_last", self.channels_last)
-        for key, sub_cls in _NESTED.items():
-            if not isinstance(getattr(self, key), sub_cls):
-                raise RecipeError(
-                    f"Recipe.{key} must be a {sub_cls.__name__}, got {getattr(self, key)!r}. "
-                    "Fix: pass the config object, or build from a dict with Recipe.from_dict."
-                )
-        for sub in (self.attention, self.quantize, self.inductor_flags, self.compile, self.export,
-                    self.cache_dit, self.first_block_cache):
-            sub.validate()
-        for rule in _COMBINATION_RULES:
+        """Check every field (type and range, fluxperf.recipe_checks), each step's own rules and every cross-step
+        rule (fluxperf.recipe_rules); raise RecipeError naming the field or combination, the rule and the fix."""
+        from .recipe_rules import COMBINATION_RULES  # rules import this module's classes: imported late
+
+        check_fields(self)
+        for key in _NESTED:
+            getattr(self, key).validate()
+        for rule in COMBINATION_RULES:
             rule(self)
         return self
 
@@ -266,73 +260,6 @@ class Recipe:
             else:
                 merged[key] = value
         return Recipe.from_dict(merged)
-
-
-# -- cross-step rules ------------------------------------------------------------------------------------
-def _rule_flags_need_compiler(r: Recipe) -> None:
-    if r.inductor_flags.enabled and not (r.compile.enabled or r.export.enabled):
-        raise RecipeError(
-            "inductor_flags.enabled=True with compile.enabled=False and export.enabled=False: the flags only change "
-            "code that Inductor generates. Fix: enable compile (or export), or disable inductor_flags."
-        )
-
-
-def _rule_export_replaces_compile(r: Recipe) -> None:
-    if r.export.enabled and r.compile.enabled:
-        raise RecipeError(
-            "export.enabled=True with compile.enabled=True: export builds AOTInductor packages, which replace "
-            "torch.compile. Fix: set compile.enabled=False (the export rung does)."
-        )
-
-
-def _rule_export_no_caching(r: Recipe) -> None:
-    for name, cfg in (("cache_dit", r.cache_dit), ("first_block_cache", r.first_block_cache)):
-        if r.export.enabled and cfg.enabled:
-            raise RecipeError(
-                f"export.enabled=True with {name}.enabled=True: caching decides per step in Python whether to run "
-                "the blocks, but an exported AOTInductor package is one opaque graph with no place for that decision. "
-                f"Fix: use compile instead of export, or disable {name}."
-            )
-
-
-def _rule_one_cache(r: Recipe) -> None:
-    if r.cache_dit.enabled and r.first_block_cache.enabled:
-        raise RecipeError(
-            "cache_dit.enabled=True with first_block_cache.enabled=True: both cache the transformer's blocks and "
-            "would fight over them. Fix: enable only one."
-        )
-
-
-def _rule_cache_no_cudagraphs(r: Recipe) -> None:
-    caching = r.cache_dit.enabled or r.first_block_cache.enabled
-    if caching and r.compile.enabled and r.compile.mode in ("reduce-overhead", "max-autotune"):
-        raise RecipeError(
-            f"compile.mode={r.compile.mode!r} (CUDA graphs) with block caching: the cache runs Python between blocks, "
-            "which CUDA graphs cannot capture. Fix: compile.mode=None or 'max-autotune-no-cudagraphs'."
-        )
-
-
-def _rule_low_precision_needs_half(r: Recipe) -> None:
-    if r.quantize.enabled and r.dtype != "bfloat16":
-        raise RecipeError(
-            f"quantize.kind={r.quantize.kind!r} with dtype={r.dtype!r}: torchao float8 dynamic quantization is "
-            "applied to bf16 models (PerRow requires bf16 weights). Fix: dtype='bfloat16'."
-        )
-    if r.attention.backend in ("fa3", *FP8_BACKENDS) and r.dtype == "float32":
-        raise RecipeError(
-            f"attention.backend={r.attention.backend!r} with dtype='float32': FlashAttention-3 takes bf16/fp16 "
-            "(or fp8) inputs. Fix: dtype='bfloat16' or attention.backend='sdpa'."
-        )
-
-
-_COMBINATION_RULES = (
-    _rule_flags_need_compiler,
-    _rule_export_replaces_compile,
-    _rule_export_no_caching,
-    _rule_one_cache,
-    _rule_cache_no_cudagraphs,
-    _rule_low_precision_needs_half,
-)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -366,18 +293,3 @@ _NESTED = {
     "cache_dit": CacheDitConfig,
     "first_block_cache": FirstBlockCacheConfig,
 }
-
-
-def _one_of(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise RecipeError(f"{name}={value!r} is not allowed. Fix: use one of {list(allowed)}.")
-
-
-def _bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise RecipeError(f"{name}={value!r} must be true or false (a bool), got {type(value).__name__}.")
-
-
-def _int_range(name: str, value: Any, lo: int, hi: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise RecipeError(f"{name}={value!r} must be an integer in [{lo}, {hi}].")

@@ -1,0 +1,181 @@
+"""Per-field checks of the recipe's step configs, declared next to each field and checked generically.
+
+Every field of a step config is declared with `checked(default, ...)`: its accepted TYPE comes from the field's
+annotation (`bool`, `int`, `float`, `str`, `None` and unions of them, or a nested step config), its VALUE rule
+(choices, numeric range, non-empty) from the `Check` stored in the field's metadata. `check_fields(config, section)`
+walks every field and raises one `RecipeError` naming the field path, the value, the rule and the fix. A field
+declared without `checked(...)` is a programming error raised at the first construction, so no field can be
+added unchecked (tests/test_recipe_fields.py walks them all).
+
+Type rules (stricter than Python's): a bool is not a number, a number is not a bool, a string is not a bool, an
+int is accepted where a float is expected (0 -> 0.0 is harmless), non-finite floats are refused.
+
+Example:
+    >>> from fluxperf.recipe import Recipe
+    >>> Recipe.from_dict({"compile": {"fullgraph": "no"}})  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    fluxperf.errors.RecipeError: compile.fullgraph='no' (str) is not allowed: must be a bool ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RecipeError
+
+CHECK_KEY = "fluxperf_check"
+
+
+@dataclass(frozen=True)
+class Check:
+    """The value rule of one field (its type comes from the annotation).
+
+    Args:
+        choices: the allowed values (None: any value of the annotated type).
+        lo, hi: numeric bounds, inclusive unless `open_lo` / `open_hi` (None: unbounded).
+        nonempty: strings must contain a non-blank character.
+        fix: what to write instead (the message's "Fix:" part); derived from the rule when empty.
+    """
+
+    choices: tuple | None = None
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+    nonempty: bool = False
+    fix: str = ""
+
+
+def checked(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **rule: Any) -> Any:
+    """A dataclass field with a default (or a default `factory`) and its value rule (keyword args of `Check`)."""
+    meta = {CHECK_KEY: Check(**rule)}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def field_checks(cls) -> dict[str, tuple[tuple, Check | None]]:
+    """{field name: (accepted types from the annotation, Check or None)} of a step-config dataclass.
+
+    Raises:
+        TypeError: an annotation that this module cannot check (a programming error, named with the field).
+    """
+    return dict(_field_checks(cls))
+
+
+@functools.cache
+def _field_checks(cls) -> tuple:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        out.append((f.name, (_accepted_types(cls, f.name, hints[f.name]), f.metadata.get(CHECK_KEY))))
+    return tuple(out)
+
+
+def _accepted_types(cls, name: str, annotation) -> tuple:
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
+        typing.get_origin(annotation) is typing.Union else (annotation,)
+    for a in args:
+        if not (a in (bool, int, float, str, type(None)) or dataclasses.is_dataclass(a)):
+            raise TypeError(f"{cls.__name__}.{name}: annotation {annotation!r} cannot be checked by "
+                            "fluxperf.recipe_checks. Fix: use bool, int, float, str, None (or a union) or a step config.")
+    return tuple(args)
+
+
+def check_fields(config, section: str = "") -> None:
+    """Check every field of `config` (a step-config dataclass instance) against its type and rule.
+
+    Args:
+        config: e.g. a CompileConfig.
+        section: the path prefix in messages, e.g. "compile" (fields named "compile.fullgraph"); "" for the Recipe.
+    Raises:
+        RecipeError: the first field whose value breaks its type or rule (path, value, rule, fix).
+        TypeError: a field declared without `checked(...)` (a programming error).
+    """
+    cls = type(config)
+    for name, (accepted, check) in _field_checks(cls):
+        if check is None:
+            raise TypeError(f"{cls.__name__}.{name} has no check. Fix: declare it with "
+                            "fluxperf.recipe_checks.checked(default, ...) so its type and range are validated.")
+        problem = _problem(getattr(config, name), accepted, check)
+        if problem:
+            path = f"{section}.{name}" if section else name
+            rule, fix = problem
+            value = getattr(config, name)
+            raise RecipeError(f"{path}={value!r} ({type(value).__name__}) is not allowed: must be {rule}. Fix: {fix}.")
+
+
+def _problem(value, accepted: tuple, check: Check) -> tuple[str, str] | None:
+    """None if `value` passes, else (rule text, fix text)."""
+    rule = _describe(accepted, check)
+    if not any(_is_type(value, t) for t in accepted):
+        return rule, check.fix or _type_fix(accepted, check)
+    if value is None or dataclasses.is_dataclass(value):
+        return None
+    if check.choices is not None and value not in check.choices:
+        return rule, check.fix or f"use one of {list(check.choices)}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, check):
+        return rule, check.fix or f"use a value in {_range_text(check)}"
+    if check.nonempty and isinstance(value, str) and not value.strip():
+        return rule, check.fix or "use a non-empty string"
+    return None
+
+
+def _is_type(value, t) -> bool:
+    if t is type(None):
+        return value is None
+    if t is bool:
+        return isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, t)
+
+
+def _in_range(value: float, c: Check) -> bool:
+    if c.lo is not None and (value < c.lo or (c.open_lo and value == c.lo)):
+        return False
+    return not (c.hi is not None and (value > c.hi or (c.open_hi and value == c.hi)))
+
+
+_TYPE_WORDS = {bool: "a bool (true/false)", int: "an integer", float: "a finite number", str: "a string",
+               type(None): "None (null)"}
+
+
+def _describe(accepted: tuple, c: Check) -> str:
+    if c.choices is not None:
+        return f"one of {list(c.choices)}"
+    words = []
+    for t in accepted:
+        word = _TYPE_WORDS.get(t) or f"a {t.__name__}"
+        if t in (int, float) and (c.lo is not None or c.hi is not None):
+            word += f" in {_range_text(c)}"
+        if t is str and c.nonempty:
+            word = "a non-empty string"
+        words.append(word)
+    return " or ".join(words)
+
+
+def _range_text(c: Check) -> str:
+    lo = "-inf" if c.lo is None else f"{c.lo:g}"
+    hi = "inf" if c.hi is None else f"{c.hi:g}"
+    return f"{'(' if c.open_lo or c.lo is None else '['}{lo}, {hi}{')' if c.open_hi or c.hi is None else ']'}"
+
+
+def _type_fix(accepted: tuple, c: Check) -> str:
+    if accepted == (bool,):
+        return "write true or false without quotes (JSON) / True or False (Python)"
+    if any(dataclasses.is_dataclass(t) for t in accepted):
+        return "pass the config object, or build from a dict with Recipe.from_dict"
+    if float in accepted:
+        return f"write a number without quotes, in {_range_text(c)}"
+    if int in accepted:
+        return f"write a whole number without quotes or decimals, in {_range_text(c)}"
+    return f"use {_describe(accepted, c)}"
