@@ -44,8 +44,21 @@ class AttentionBackendName(str, Enum):
 FP8_BACKENDS = (AttentionBackendName.FA3_FP8.value, AttentionBackendName.AITER_FP8.value)
 
 
+class _StepConfig:
+    """Base of the step configs: validated at construction (also when built directly, not through a Recipe)."""
+
+    SECTION: ClassVar[str] = ""  # the Recipe field holding this config: the prefix of field paths in messages
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field's type and rule (fluxperf.recipe_checks); RecipeError names path, value, rule, fix."""
+        check_fields(self, self.SECTION)
+
+
 @dataclass(frozen=True)
-class AttentionConfig:
+class AttentionConfig(_StepConfig):
     """Attention backend for the transformer.
 
     Args:
@@ -60,7 +73,7 @@ class AttentionConfig:
     fallback: str | None = checked(None, choices=(None, "sdpa"))
 
     def validate(self) -> None:
-        check_fields(self, self.SECTION)
+        super().validate()
         if self.fp8_scaling != "unscaled" and self.backend not in FP8_BACKENDS:
             raise RecipeError(
                 f"attention.fp8_scaling={self.fp8_scaling!r} only applies to fp8 backends {FP8_BACKENDS}, "
@@ -69,7 +82,7 @@ class AttentionConfig:
 
 
 @dataclass(frozen=True)
-class QuantizeConfig:
+class QuantizeConfig(_StepConfig):
     """torchao float8 dynamic activation + float8 weight quantization of the transformer's Linear layers.
 
     Args:
@@ -85,12 +98,9 @@ class QuantizeConfig:
     def enabled(self) -> bool:
         return self.kind != "none"
 
-    def validate(self) -> None:
-        check_fields(self, self.SECTION)
-
 
 @dataclass(frozen=True)
-class InductorFlags:
+class InductorFlags(_StepConfig):
     """flux-fast's inductor flags. Applied only to the code fluxperf compiles (torch.compile `options=` or
     AOTInductor `inductor_configs=`) and, where a global patch is needed, as a scoped patch that is restored."""
 
@@ -107,15 +117,12 @@ class InductorFlags:
             return {}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "enabled"}
 
-    def validate(self) -> None:
-        check_fields(self, self.SECTION)
-
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
-class CompileConfig:
+class CompileConfig(_StepConfig):
     """torch.compile of the transformer (and the VAE decoder).
 
     Args:
@@ -135,12 +142,9 @@ class CompileConfig:
     dynamic: bool = checked(False)
     vae: bool = checked(True)
 
-    def validate(self) -> None:
-        check_fields(self, self.SECTION)
-
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(_StepConfig):
     """torch.export + AOTInductor packages (transformer and VAE decoder), replayed under CUDA graphs.
 
     Args:
@@ -156,12 +160,9 @@ class ExportConfig:
     vae: bool = checked(True)
     cache_dir: str | None = checked(None, nonempty=True, fix="a directory path as a string (str(path)), or None")
 
-    def validate(self) -> None:
-        check_fields(self, self.SECTION)
-
 
 @dataclass(frozen=True)
-class CacheDitConfig:
+class CacheDitConfig(_StepConfig):
     """cache-dit DBCache (Fn/Bn compute blocks over FLUX's 57 blocks). Not for schnell (4 steps).
 
     Args:
@@ -182,22 +183,19 @@ class CacheDitConfig:
     max_continuous_cached_steps: int = checked(-1, lo=-1, hi=MAX_STEPS, fix=_STEP_CAP_FIX)
 
     def validate(self) -> None:
-        check_fields(self, self.SECTION)
+        super().validate()
         if self.enabled and self.Fn < 1:
             raise RecipeError(f"cache_dit.Fn={self.Fn}: DBCache needs at least one front compute block. Fix: Fn >= 1.")
 
 
 @dataclass(frozen=True)
-class FirstBlockCacheConfig:
+class FirstBlockCacheConfig(_StepConfig):
     """diffusers' first-block cache (or TeaCache when `kind="teacache"`); threshold in (0, 5)."""
 
     SECTION: ClassVar[str] = "first_block_cache"
     enabled: bool = checked(False)
     kind: str = checked("first_block", choices=("first_block", "teacache"))
     threshold: float = checked(0.2, lo=0, hi=5, open_lo=True, open_hi=True, fix="use a number such as 0.15-0.4")
-
-    def validate(self) -> None:
-        check_fields(self, self.SECTION)
 
 
 @dataclass(frozen=True)

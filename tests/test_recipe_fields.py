@@ -166,3 +166,12 @@ def test_wrong_typed_values_are_always_refused(field, value):
         return
     with pytest.raises(RecipeError, match=rf"^{section + '.' if section else ''}{name}="):
         Recipe.from_dict(_data(section, name, value))
+
+
+def test_step_configs_built_directly_are_checked_too():
+    from fluxperf.recipe import CacheDitConfig, CompileConfig
+
+    with pytest.raises(RecipeError, match=r"^compile\.fullgraph='no' \(str\)"):
+        CompileConfig(enabled=True, fullgraph="no")
+    with pytest.raises(RecipeError, match=r"^cache_dit\.max_cached_steps='many'"):
+        CacheDitConfig(enabled=True, max_cached_steps="many")
