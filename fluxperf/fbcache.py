@@ -9,6 +9,10 @@ counts, so this module counts them itself: a forward hook on the transformer rea
 What diffusers 0.42.1 does not do and this module does:
 * FluxKontextPipeline never opens a `transformer.cache_context(...)`, which FBC needs ("No cache context is
   set"); a pre-hook opens a "cond" context around each transformer call when none is open.
+* diffusers resets FBC state only at the END of a pipeline call (`maybe_free_model_hooks`): a call that raised
+  (e.g. out of `callback_on_step_end`) left its residuals behind, and the next call compared against them and
+  counted their steps. fluxperf resets at the START of every pipeline call instead: every diffusers FLUX
+  pipeline calls `self.check_inputs(...)` first, and an instance attribute wraps it (removed on disable).
 * TeaCache: diffusers 0.42.1 ships none (its hooks: FirstBlockCache, MagCache, TaylorSeer, SeaCache, FasterCache,
   PyramidAttentionBroadcast), so kind="teacache" raises UnavailableError.
 
@@ -51,6 +55,7 @@ class _State:
     decisions: list[bool] = field(default_factory=list)  # per "cond" transformer call: True = all blocks ran
     handles: list = field(default_factory=list)
     own_context: Any = None  # the cache_context we opened (Kontext), closed after the call
+    check_inputs: Any = None  # our wrapper of pipe.check_inputs (resets state at the start of each call)
 
 
 def teacache_available() -> bool:
@@ -90,6 +95,7 @@ def apply_first_block_cache(pipe, cfg, *, variant: str, num_inference_steps: int
     transformer = pipe.transformer
     _check_free(pipe, what)
     check_not_compiled(transformer, what)
+    _check_resettable(pipe, what)
 
     from diffusers.hooks import FirstBlockCacheConfig as DiffusersFBC
 
@@ -104,6 +110,8 @@ def apply_first_block_cache(pipe, cfg, *, variant: str, num_inference_steps: int
         transformer.register_forward_pre_hook(_pre_hook(state), with_kwargs=True),
         transformer.register_forward_hook(_post_hook(state), with_kwargs=True, always_call=True),
     ]
+    state.check_inputs = _reset_at_call_start(pipe, state)
+    pipe.check_inputs = state.check_inputs
     setattr(pipe, _STATE_ATTR, state)
     return dict(state.report)
 
@@ -141,8 +149,9 @@ def disable_first_block_cache(pipe) -> None:
     state = _state(pipe, "disable_first_block_cache")
     for handle in state.handles:
         handle.remove()
-    if state.own_context is not None:
-        state.own_context.__exit__(None, None, None)
+    if pipe.__dict__.get("check_inputs") is state.check_inputs:
+        del pipe.check_inputs
+    _close_own_context(state)
     pipe.transformer.disable_cache()
     delattr(pipe, _STATE_ATTR)
 
@@ -206,6 +215,36 @@ def _fbc_hooks(transformer):
     return head[0], head[1], tail
 
 
+def _reset_at_call_start(pipe, state: _State):
+    """A wrapper of the pipeline's bound check_inputs that first drops the FBC state a previous call left behind
+    (a call that raised never reached diffusers' end-of-call reset)."""
+    original = pipe.check_inputs
+    transformer = pipe.transformer
+
+    def check_inputs(*args, **kwargs):
+        _close_own_context(state)
+        state.decisions.clear()
+        transformer._reset_stateful_cache()
+        return original(*args, **kwargs)
+
+    return check_inputs
+
+
+def _check_resettable(pipe, what: str) -> None:
+    if not callable(getattr(pipe, "check_inputs", None)):
+        raise FluxperfError(
+            f"{what}: {type(pipe).__name__} has no check_inputs method, which fluxperf uses to reset "
+            "the cache at the start of each call (an aborted call would otherwise leak its state into the next). "
+            "Fix: use a diffusers FLUX pipeline (FluxPipeline, FluxKontextPipeline)."
+        )
+
+
+def _close_own_context(state: _State) -> None:
+    if state.own_context is not None:
+        context, state.own_context = state.own_context, None
+        context.__exit__(None, None, None)
+
+
 def _pre_hook(state: _State):
     def hook(module, args, kwargs):
         manager = state.head.state_manager
@@ -228,9 +267,7 @@ def _post_hook(state: _State):
             elif manager._context is not None and manager.context.name == "cond":
                 state.decisions.append(bool(manager.get_state().should_compute))
         finally:
-            if state.own_context is not None:
-                context, state.own_context = state.own_context, None
-                context.__exit__(None, None, None)
+            _close_own_context(state)
 
     return hook
 
