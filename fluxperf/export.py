@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import aoti_loader
 from . import export_cache as ec
+from .aoti_loader import LibstdcxxPreloadError
 from .cudagraph import CudaGraphRunner
 from .errors import FluxperfError, RecipeError, UnavailableError
 from .export_call import (
@@ -47,12 +49,14 @@ from .export_call import (
     transformer_example,
     vae_example,
 )
+from .export_code import code_fingerprint
+from .export_weights import WeightsGuard, WeightsReplacedError
 
 __all__ = ["apply_export", "remove_export", "check_exportable", "cache_hooks", "export_program", "compile_package",
            "load_package", "constants_map", "install_adapters", "inductor_configs_for", "ExportError",
            "ExportCacheConflictError", "TRANSFORMER_INPUTS", "ExampleInputs", "transformer_example", "vae_example",
            "TransformerExportModule", "VaeDecodeExportModule", "WEIGHT_MODES", "WEIGHTS_ENV", "weights_mode",
-           "package_key"]
+           "package_key", "LibstdcxxPreloadError", "WeightsReplacedError"]
 
 WEIGHT_MODES = ("user", "copy", "so")
 WEIGHTS_ENV = "FLUXPERF_EXPORT_WEIGHTS"
@@ -186,6 +190,10 @@ def _device_index(module) -> int:
 def load_package(path: str | Path, module, *, single_threaded: bool, weights: str = "user"):
     """Load a .pt2 package on the module's device and give it the module's weights (`weights` mode).
 
+    The load goes through fluxperf.aoti_loader (refused, not crashed, where the package's native code would
+    segfault this process). The returned package carries `_fluxperf_guard`, a WeightsGuard over the module's
+    tensors: the adapters call its `check()` before every call (weights replaced after export, issue 13.4).
+
     Args:
         path: the package.
         module: the wrapper module it was exported from (its parameter names are the package's constant names).
@@ -194,6 +202,7 @@ def load_package(path: str | Path, module, *, single_threaded: bool, weights: st
             package was built with its weights; nothing is loaded).
 
     Raises:
+        LibstdcxxPreloadError: loading needs the system libstdc++ preloaded (the LD_PRELOAD fix is named).
         ExportError: the package needs constants the module does not have (names listed).
     """
     import torch
@@ -203,12 +212,13 @@ def load_package(path: str | Path, module, *, single_threaded: bool, weights: st
     kwargs = {"run_single_threaded": single_threaded}
     if index >= 0 and "device_index" in inspect.signature(torch._inductor.aoti_load_package).parameters:
         kwargs["device_index"] = index  # not "the current device": the one the weights live on
+    available = constants_map(module)
     with torch.cuda.device(index) if index >= 0 else contextlib.nullcontext():
-        loaded = torch._inductor.aoti_load_package(str(path), **kwargs)
-        if mode == "so":
-            return loaded
-        available = constants_map(module)
+        loaded = aoti_loader.load(path, **kwargs)
         wanted = list(loaded.get_constant_fqns())
+        if mode == "so":
+            loaded._fluxperf_guard = WeightsGuard(None, module, [n for n in wanted if n in available], mode)
+            return loaded
         missing = [n for n in wanted if n not in available]
         if missing:
             raise ExportError(
@@ -221,13 +231,15 @@ def load_package(path: str | Path, module, *, single_threaded: bool, weights: st
         constants = {n: available[n].detach() for n in wanted}
         loaded.load_constants(constants, check_full_update=True, user_managed=(mode == "user"))
     loaded._fluxperf_constants = constants if mode == "user" else None
+    loaded._fluxperf_guard = WeightsGuard(loaded if mode == "user" else None, module, wanted, mode)
     return loaded
 
 
 def package_key(component: str, module, spec, recipe, weights: str = "user") -> ec.PackageKey:
     """The cache key of one component's package (module: the TransformerExportModule / VaeDecodeExportModule).
 
-    With weights="so" the weights are inside the package, so a fingerprint of them joins the key.
+    Covers the traced code (versions and source, fluxperf.export_code) besides shapes, recipe and model. With
+    weights="so" the weights are inside the package, so a fingerprint of them joins the key.
     """
     mode = weights_mode(weights)
     inner = module.transformer if component == "transformer" else module.vae
@@ -237,7 +249,7 @@ def package_key(component: str, module, spec, recipe, weights: str = "user") -> 
         fingerprint = {**fingerprint, "weights": ec.weights_fingerprint(inner)}
     index = param.device.index or 0
     return ec.make_key(component, spec, str(param.dtype), ec.recipe_graph_parts(recipe, inductor_configs_for(recipe, mode)),
-                       fingerprint, gpu_name=ec.current_gpu_name(index))
+                       fingerprint, code=code_fingerprint(inner), gpu_name=ec.current_gpu_name(index))
 
 
 def _package(component: str, module, example: ExampleInputs, spec, recipe, cache_dir: Path,
@@ -249,14 +261,16 @@ def _package(component: str, module, example: ExampleInputs, spec, recipe, cache
     def build(tmp_path: str) -> None:
         compile_package(export_program(module, example), tmp_path, configs)
 
+    inner = module.transformer if component == "transformer" else module.vae
     path, status, build_s = ec.get_or_build(cache_dir, key, build, inputs=example.signature(), spec=vars(spec),
-                                            inductor_configs=configs, recipe=recipe.to_dict(), weights=weights)
+                                            inductor_configs=configs, recipe=recipe.to_dict(), weights=weights,
+                                            code=code_fingerprint(inner))
     start = time.perf_counter()
     loaded = load_package(path, module, single_threaded=cudagraphs, weights=weights)
     load_s = time.perf_counter() - start
     runner = CudaGraphRunner(loaded, name=component, max_graphs=4) if cudagraphs else loaded
     facts = {"path": str(path), "cache": status, "build_s": round(build_s, 3), "load_s": round(load_s, 3),
-             "key": key.as_dict(), "runner": runner}
+             "key": key.as_dict(), "runner": runner, "guard": loaded._fluxperf_guard}
     return runner, facts
 
 
@@ -281,6 +295,8 @@ def apply_export(pipe, recipe, spec, *, cache_dir=None, weights: str | None = No
         ExportCacheConflictError: block caching is active on the pipeline.
         UnavailableError: no CUDA (export on CPU is not a supported rung).
         RecipeError: export not enabled in the recipe, or spec.variant does not match the pipeline.
+        LibstdcxxPreloadError: the built package would crash this process unless Python starts with the system
+            libstdc++ preloaded (the exact LD_PRELOAD line is named; the package stays cached for that run).
 
     Example:
         >>> report = apply_export(pipe, rung("export"), ShapeSpec("dev", 768, 1360), cache_dir="/tmp/aoti")  # doctest: +SKIP
@@ -313,7 +329,8 @@ def apply_export(pipe, recipe, spec, *, cache_dir=None, weights: str | None = No
         v_example = vae_example(spec, dims, device=vae.device, dtype=vae.dtype)
         v_runner, facts["vae_decoder"] = _package("vae_decoder", VaeDecodeExportModule(vae), v_example, spec, recipe,
                                                   cache_dir, cudagraphs, weights)
-    install_adapters(pipe, spec, t_runner, t_example, v_runner, v_example)
+    install_adapters(pipe, spec, t_runner, t_example, v_runner, v_example, transformer_guard=t_facts["guard"],
+                     vae_guard=facts["vae_decoder"]["guard"] if v_runner is not None else None)
     return {
         "packages": {c: f["path"] for c, f in facts.items()},
         "cache": {c: f["cache"] for c, f in facts.items()},
@@ -329,16 +346,19 @@ def apply_export(pipe, recipe, spec, *, cache_dir=None, weights: str | None = No
 
 
 def install_adapters(pipe, spec, transformer_runner, transformer_ex: ExampleInputs, vae_runner=None,
-                     vae_ex: ExampleInputs | None = None) -> None:
+                     vae_ex: ExampleInputs | None = None, *, transformer_guard: WeightsGuard | None = None,
+                     vae_guard: WeightsGuard | None = None) -> None:
     """Point `pipe.transformer.forward` (and `pipe.vae.decode`) at runners that take the package's positional
-    inputs. Works with any callable runner (a loaded package, a CudaGraphRunner, or an eager module in tests)."""
+    inputs. Works with any callable runner (a loaded package, a CudaGraphRunner, or an eager module in tests).
+    A guard (load_package's `_fluxperf_guard`) is checked before every call: replaced weights are followed
+    (weights="user": constants re-pointed, captured graphs dropped) or refused (fluxperf.export_weights)."""
     check_exportable(pipe)
     t = pipe.transformer
     t.__dict__[_ORIGINAL] = t.__dict__.get("forward")
-    t.forward = ExportedTransformerForward(transformer_runner, transformer_ex, spec)
+    t.forward = ExportedTransformerForward(transformer_runner, transformer_ex, spec, guard=transformer_guard)
     if vae_runner is not None:
         pipe.vae.__dict__[_ORIGINAL] = pipe.vae.__dict__.get("decode")
-        pipe.vae.decode = ExportedVaeDecode(vae_runner, vae_ex, spec)
+        pipe.vae.decode = ExportedVaeDecode(vae_runner, vae_ex, spec, guard=vae_guard)
 
 
 def remove_export(pipe) -> bool:

@@ -5,9 +5,13 @@ Layout (one directory per package, a `package.pt2` and a `manifest.json` written
     <cache_dir>/<component>/<variant>-<H>x<W>-b<B>-t<T>-<dtype>/torch-<version>/<gpu-slug>/<recipe hash>-<config hash>/
 
 The key is (component, variant, shape key, dtype, torch version, GPU name) plus a hash of the recipe parts
-that change the exported graph (fuse_qkv, channels_last, attention, quantize, the inductor configs) and a hash
-of the model (class, config, attention processors, parameter kinds). Weights are NOT in the key: packages are
-built without their constants and the live module's weights are loaded into them (fluxperf.export).
+that change the exported graph (fuse_qkv, channels_last, attention, quantize, the inductor configs), a hash
+of the model (class, config, attention processors, parameter kinds, the plain attributes of every submodule
+such as FluxPosEmbed.theta) and a hash of the traced CODE (fluxperf.export_code: versions of torch, triton,
+diffusers, torchao, fluxperf and the FA3 build, and the source of the traced classes). All of them are in the
+directory name, so a change of any is a cache miss (a rebuild), never a hit on a stale package. Weights are NOT
+in the key: packages are built without their constants and the live module's weights are loaded into them
+(fluxperf.export).
 
 A package whose manifest disagrees with the current torch version or GPU (e.g. a cache directory copied from
 another machine) is refused with `PackageMismatchError`, naming both values and the fix.
@@ -15,7 +19,8 @@ another machine) is refused with `PackageMismatchError`, naming both values and 
 Example:
     >>> from fluxperf.shapes import ShapeSpec
     >>> k = make_key("transformer", ShapeSpec("schnell", 512, 512), "bfloat16", {"fuse_qkv": False},
-    ...              {"class": "FluxTransformer2DModel"}, torch_version="2.11.0", gpu_name="NVIDIA H100 80GB HBM3")
+    ...              {"class": "FluxTransformer2DModel"}, code={"versions": {"diffusers": "0.42.1"}},
+    ...              torch_version="2.11.0", gpu_name="NVIDIA H100 80GB HBM3")
     >>> str(k.relpath()).split("/")[:4]
     ['transformer', 'schnell-512x512-b1-t256-bfloat16', 'torch-2.11.0', 'nvidia-h100-80gb-hbm3']
 """
@@ -59,17 +64,18 @@ class PackageKey:
     gpu_name: str
     recipe_hash: str
     config_hash: str
+    code_hash: str
 
     def relpath(self) -> Path:
         """Directory of the package, relative to the cache directory."""
         return (Path(self.component) / f"{self.shape_key}-{self.dtype}" / f"torch-{_slug(self.torch_version)}"
-                / _slug(self.gpu_name) / f"{self.recipe_hash}-{self.config_hash}")
+                / _slug(self.gpu_name) / f"{self.recipe_hash}-{self.config_hash}-{self.code_hash}")
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
 
 
-def make_key(component: str, spec, dtype: str, recipe_parts: dict, model_fingerprint: dict, *,
+def make_key(component: str, spec, dtype: str, recipe_parts: dict, model_fingerprint: dict, *, code: dict,
              torch_version: str | None = None, gpu_name: str | None = None) -> PackageKey:
     """Build the PackageKey of one component.
 
@@ -79,6 +85,8 @@ def make_key(component: str, spec, dtype: str, recipe_parts: dict, model_fingerp
         dtype: dtype name of the module ("bfloat16", ...).
         recipe_parts: graph-changing recipe parts (see recipe_graph_parts).
         model_fingerprint: module fingerprint (see module_fingerprint).
+        code: traced-code fingerprint (fluxperf.export_code.code_fingerprint: versions and source hash);
+            required, so no caller can forget it and get hits on packages built from other code.
         torch_version, gpu_name: default: this process's torch and CUDA device 0.
     """
     if component not in COMPONENTS:
@@ -90,7 +98,8 @@ def make_key(component: str, spec, dtype: str, recipe_parts: dict, model_fingerp
     if gpu_name is None:
         gpu_name = current_gpu_name()
     return PackageKey(component, spec.variant, spec.key(), str(dtype).replace("torch.", ""), str(torch_version),
-                      str(gpu_name), stable_hash({"format": FORMAT, **recipe_parts}), stable_hash(model_fingerprint))
+                      str(gpu_name), stable_hash({"format": FORMAT, **recipe_parts}), stable_hash(model_fingerprint),
+                      stable_hash(code))
 
 
 def recipe_graph_parts(recipe, inductor_configs: dict) -> dict:
@@ -126,7 +135,27 @@ def module_fingerprint(module) -> dict:
         "param_kinds": sorted(kinds),
         # names and shapes: fused vs unfused QKV, LoRA layers, pruned blocks all change the graph
         "params": stable_hash([(n, list(p.shape)) for n, p in module.named_parameters()]),
+        # values the traced code reads from the modules, not from the config (FluxPosEmbed.theta, eps, heads,...)
+        "attributes": stable_hash([(n, type(m).__name__, _plain_attributes(m)) for n, m in module.named_modules()]
+                                  + [(n, type(p).__name__, _plain_attributes(p)) for n, p in sorted(processors.items())]),
     }
+
+
+def _plain_attributes(obj) -> dict:
+    """Public attributes of `obj` with plain values (numbers, strings, bools, None and tuples/lists of them)."""
+    out = {}
+    for name, value in vars(obj).items():
+        if name.startswith("_") or name == "training":
+            continue
+        if _is_plain(value):
+            out[name] = value
+    return out
+
+
+def _is_plain(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def weights_fingerprint(module, samples: int = 64) -> str:

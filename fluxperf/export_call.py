@@ -108,10 +108,18 @@ def _single(out):
 
 
 class _Adapter:
-    def __init__(self, runner, example: ExampleInputs, spec, what: str):
-        self.runner, self.spec, self.what = runner, spec, what
+    def __init__(self, runner, example: ExampleInputs, spec, what: str, guard=None):
+        self.runner, self.spec, self.what, self.guard = runner, spec, what, guard
         self.names = example.names
         self.expected = [(tuple(a.shape), a.dtype, a.device) for a in example.args]
+
+    def run(self, args: list):
+        """Call the runner, first making sure the package still computes with the module's current weights."""
+        # guard.check() re-points the package at replaced weights (weights="user") or raises (other modes);
+        # graphs captured before it hold the old addresses, so they are dropped and re-captured
+        if self.guard is not None and self.guard.check() and hasattr(self.runner, "clear"):
+            self.runner.clear()
+        return _single(self.runner(*args))
 
     def conform(self, values: dict[str, Any]) -> list:
         """Check each input against the package's example and cast dtype/device; error on a shape mismatch."""
@@ -135,8 +143,8 @@ class _Adapter:
 class ExportedTransformerForward(_Adapter):
     """Stands in for FluxTransformer2DModel.forward (same signature) and runs the package."""
 
-    def __init__(self, runner, example: ExampleInputs, spec):
-        super().__init__(runner, example, spec, "exported transformer")
+    def __init__(self, runner, example: ExampleInputs, spec, guard=None):
+        super().__init__(runner, example, spec, "exported transformer", guard)
 
     def __call__(self, hidden_states=None, encoder_hidden_states=None, pooled_projections=None, timestep=None,
                  img_ids=None, txt_ids=None, guidance=None, joint_attention_kwargs=None,
@@ -162,7 +170,7 @@ class ExportedTransformerForward(_Adapter):
         values = dict(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
                       pooled_projections=pooled_projections, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
                       guidance=guidance)
-        sample = _single(self.runner(*self.conform(values)))
+        sample = self.run(self.conform(values))
         if not return_dict:
             return (sample,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -173,11 +181,11 @@ class ExportedTransformerForward(_Adapter):
 class ExportedVaeDecode(_Adapter):
     """Stands in for AutoencoderKL.decode(z, return_dict=True, generator=None) and runs the package."""
 
-    def __init__(self, runner, example: ExampleInputs, spec):
-        super().__init__(runner, example, spec, "exported VAE decoder")
+    def __init__(self, runner, example: ExampleInputs, spec, guard=None):
+        super().__init__(runner, example, spec, "exported VAE decoder", guard)
 
     def __call__(self, z, return_dict=True, generator=None):
-        sample = _single(self.runner(*self.conform({"latents": z})))
+        sample = self.run(self.conform({"latents": z}))
         if not return_dict:
             return (sample,)
         from diffusers.models.autoencoders.vae import DecoderOutput

@@ -255,13 +255,16 @@ class _FakePackage:
 def test_load_package_gives_weights_per_mode(monkeypatch, mode):
     import torch._inductor
 
+    from fluxperf import aoti_loader
     from fluxperf.export import load_package
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
-    fake, calls = _FakePackage(["0.weight", "0.bias", "1.running_mean"]), []
+    fake, calls, checked = _FakePackage(["0.weight", "0.bias", "1.running_mean"]), [], []
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path, **kw: calls.append((path, kw)) or fake)
+    monkeypatch.setattr(aoti_loader, "ensure_loadable", checked.append)  # the file does not exist: record the check
     loaded = load_package("/p/package.pt2", model, single_threaded=True, weights=mode)
     assert loaded is fake and calls == [("/p/package.pt2", {"run_single_threaded": True})]  # CPU: no device_index
+    assert checked == ["/p/package.pt2"]  # every load goes through the libstdc++ check first
     if mode == "so":
         assert fake.loads == []  # the weights are inside the package
         return
@@ -277,9 +280,11 @@ def test_load_package_gives_weights_per_mode(monkeypatch, mode):
 def test_load_package_names_missing_constants_and_the_fallback(monkeypatch):
     import torch._inductor
 
+    from fluxperf import aoti_loader
     from fluxperf.export import load_package
 
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path, **kw: _FakePackage(["_tensor_constant0"]))
+    monkeypatch.setattr(aoti_loader, "ensure_loadable", lambda path: None)
     with pytest.raises(ExportError, match=r"needs 1 constants.*_tensor_constant0.*FLUXPERF_EXPORT_WEIGHTS=so"):
         load_package("/p.pt2", torch.nn.Linear(2, 2), single_threaded=False, weights="user")
 

@@ -16,13 +16,15 @@ from fluxperf.shapes import ShapeSpec
 # -- cache keys and manifests ----------------------------------------------------------------------------
 SPEC = ShapeSpec("schnell", 512, 512)
 FP = {"class": "FluxTransformer2DModel", "config": {"num_layers": 19}}
+CODE = {"versions": {"torch": "2.11.0+cu130", "diffusers": "0.42.1", "torchao": "0.18.0", "fluxperf": "0.1.0",
+                     "fa3": "fa3-fwd 0.0.3 (fa3_fwd_interface)", "triton": "3.5.0"}, "source": "0123456789abcdef"}
 
 
-def _key(recipe=None, fp=FP, spec=SPEC, **kw):
+def _key(recipe=None, fp=FP, spec=SPEC, code=CODE, **kw):
     recipe = recipe or rung("export")
     parts = ec.recipe_graph_parts(recipe, {**recipe.inductor_flags.options(), "x": 1})
     kw = {"torch_version": "2.11.0+cu130", "gpu_name": "NVIDIA H100 80GB HBM3", **kw}
-    return ec.make_key("transformer", spec, "bfloat16", parts, fp, **kw)
+    return ec.make_key("transformer", spec, "bfloat16", parts, fp, code=code, **kw)
 
 
 def test_key_changes_with_every_graph_changing_part():
