@@ -58,6 +58,33 @@ def write_outputs(result: LadderResult, out_dir: str | Path, command: str | None
     return paths
 
 
+def check_out_dir(out_dir: str | Path, option: str = "out") -> Path:
+    """Create `out_dir` (with parents) and prove it writable by writing and removing a probe file, so a bad
+    output directory is found before any rung is measured, not after.
+
+    Args:
+        out_dir: the output directory.
+        option: how the caller names it in the message ("--out" on the command line).
+    Returns:
+        the directory as a Path.
+    Raises:
+        OptionError: it cannot be created or written (one line: the path, what failed, the fix).
+    """
+    import tempfile
+
+    from .ladder_run import OptionError
+
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".fluxperf-write-probe-"):
+            pass
+    except OSError as exc:  # read-only file system, no permission, a file in the way, ...
+        raise OptionError(f"{option} {str(out_dir)!r}: cannot write there ({type(exc).__name__}: "
+                          f"{exc.strerror or exc}). Fix: choose a writable directory with {option}.") from None
+    return out
+
+
 def _record(result: LadderResult, command: str | None) -> dict:
     rungs = []
     for r in result.rungs:

@@ -14,41 +14,67 @@ Example:
 from __future__ import annotations
 
 import gc
+import re
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .ladder import CPU_RUNGS, LADDER, recipe_from
-from .model_configs import VARIANT_DEFAULTS, dims_of_pipeline
+from .errors import FluxperfError
+from .ladder import CPU_RUNGS, LADDER, recipe_from, rung_names
+from .model_configs import SIZES, VARIANT_DEFAULTS, VARIANTS, dims_of_pipeline
+from .recipe import MAX_STEPS
+from .recipe_checks import check_fields, checked
+from .shapes import PIXELS_PER_TOKEN
 
 DEFAULT_PROMPT = "a photo of a red car in the city at night, cinematic lighting"
 DEFAULT_GPU_RUNGS = ("bf16", "compile", "fused_qkv", "channels_last", "fa3_fp8", "float8", "flags")
+MAX_SIDE = 4096  # pixels: FLUX.1 is trained up to 2 MP; 4096 px already needs 65k image tokens
+
+
+class OptionError(FluxperfError, ValueError):
+    """A ladder option is out of its rule (one line: the option, the value, the rule, the fix)."""
+
+
+_DEVICE = r"cpu|cuda(:[0-9]+)?"
 
 
 @dataclass(frozen=True)
 class LadderOptions:
-    """What `fluxperf ladder` runs. None means: the default for the device/variant."""
+    """What `fluxperf ladder` runs. None means: the default for the device/variant.
 
-    variant: str = "schnell"
-    size: str | None = None  # tiny on CPU, full on CUDA
-    device: str | None = None  # cuda if available
-    height: int | None = None  # 64 tiny, 1024 full
-    width: int | None = None
-    steps: int | None = None  # variant default (schnell 4, dev/kontext 28)
-    rungs: tuple[str, ...] | None = None
-    reference: str | None = None  # "bf16" if run, else the first rung
-    seed: int = 0
-    batch: int = 1
-    warmup: int = 1
-    rounds: int = 3
-    step_rounds: int = 5
-    prompt: str = DEFAULT_PROMPT
-    checkpoint: str | None = None
+    Every field is checked at construction (fluxperf.recipe_checks: type from the annotation, rule next to the
+    field), and a CUDA device must be present: OptionError, before anything is built. The CLI's argparse types
+    are made from the same rules (fluxperf.cli._types).
+    """
+
+    variant: str = checked("schnell", choices=VARIANTS)
+    size: str | None = checked(None, choices=(None, *SIZES))  # tiny on CPU, full on CUDA
+    device: str | None = checked(None, pattern=_DEVICE, rule="cpu, cuda or cuda:<index>",
+                                 fix="use cpu or cuda (default: cuda if available)")
+    height: int | None = checked(None, lo=16, hi=MAX_SIDE, multiple=PIXELS_PER_TOKEN)  # 64 tiny, 1024 full
+    width: int | None = checked(None, lo=16, hi=MAX_SIDE, multiple=PIXELS_PER_TOKEN)
+    steps: int | None = checked(None, lo=1, hi=MAX_STEPS, fix="use e.g. 4 (schnell) or 28 (dev/kontext)")
+    rungs: tuple[str, ...] | None = checked(None, choices=rung_names(), nonempty=True,
+                                            rule=f"a non-empty list of rungs from {', '.join(rung_names())}")
+    reference: str | None = checked(None, choices=rung_names())  # "bf16" if run, else the first rung
+    seed: int = checked(0, lo=0, hi=2**32 - 1)
+    batch: int = checked(1, lo=1, hi=64)
+    warmup: int = checked(1, lo=0, hi=1000)
+    rounds: int = checked(3, lo=1, hi=10_000)
+    step_rounds: int = checked(5, lo=1, hi=10_000)
+    prompt: str = checked(DEFAULT_PROMPT, nonempty=True)
+    checkpoint: str | None = checked(None, nonempty=True, fix="a local directory or a hub id, or None (synthetic)")
+
+    def __post_init__(self):
+        check_fields(self, error=OptionError)
+        problem = device_problem(self.device)
+        if problem:
+            raise OptionError(f"device={self.device!r}: {problem}")
 
     def resolved(self) -> LadderOptions:
-        """Fill the defaults that depend on the machine."""
+        """Fill the defaults that depend on the machine (None fields only: a given value is never replaced)."""
         import torch
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,10 +84,31 @@ class LadderOptions:
         reference = self.reference or ("bf16" if "bf16" in rungs else rungs[0])
         if reference not in rungs:
             rungs = (reference, *rungs)
-        return LadderOptions(**{**asdict(self), "device": device, "size": size, "height": self.height or side,
-                                "width": self.width or side, "steps": self.steps or
-                                VARIANT_DEFAULTS[self.variant]["steps"], "rungs": tuple(rungs),
-                                "reference": reference})
+        return LadderOptions(**{**asdict(self), "device": device, "size": size,
+                                "height": side if self.height is None else self.height,
+                                "width": side if self.width is None else self.width,
+                                "steps": VARIANT_DEFAULTS[self.variant]["steps"] if self.steps is None else self.steps,
+                                "rungs": tuple(rungs), "reference": reference})
+
+
+def device_problem(device: str | None) -> str | None:
+    """None if `device` (None, "cpu", "cuda", "cuda:N") can run here, else the rule and the fix in words.
+
+    Imports torch only for a CUDA device (to ask whether one is visible).
+    """
+    if device is None or device == "cpu":
+        return None
+    if not re.fullmatch(_DEVICE, device):
+        return "must be cpu, cuda or cuda:<index>. Fix: use cpu or cuda (default: cuda if available)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return ("no CUDA GPU is visible (torch.cuda.is_available() is False). "
+                "Fix: use cpu, or leave the device unset (cuda when available)")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return f"there are {torch.cuda.device_count()} CUDA device(s). Fix: use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+    return None
 
 
 @dataclass

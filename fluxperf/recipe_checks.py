@@ -1,8 +1,9 @@
-"""Per-field checks of the recipe's step configs, declared next to each field and checked generically.
+"""Per-field checks of the recipe's step configs (and of other option dataclasses such as the ladder's
+LadderOptions), declared next to each field and checked generically.
 
 Every field of a step config is declared with `checked(default, ...)`: its accepted TYPE comes from the field's
-annotation (`bool`, `int`, `float`, `str`, `None` and unions of them, or a nested step config), its VALUE rule
-(choices, numeric range, non-empty) from the `Check` stored in the field's metadata. `check_fields(config, section)`
+annotation (`bool`, `int`, `float`, `str`, `None`, `tuple[X, ...]` and unions of them, or a nested step config),
+its VALUE rule (choices, numeric range, multiple, pattern, non-empty) from the `Check` stored in the field's metadata. `check_fields(config, section)`
 walks every field and raises one `RecipeError` naming the field path, the value, the rule and the fix. A field
 declared without `checked(...)` is a programming error raised at the first construction, so no field can be
 added unchecked (tests/test_recipe_fields.py walks them all).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -38,8 +40,12 @@ class Check:
 
     Args:
         choices: the allowed values (None: any value of the annotated type).
+            For a tuple field: the allowed elements.
         lo, hi: numeric bounds, inclusive unless `open_lo` / `open_hi` (None: unbounded).
-        nonempty: strings must contain a non-blank character.
+        multiple: integers must be a multiple of it (e.g. 16 pixels).
+        pattern: strings must fully match this regular expression (described by `fix`).
+        nonempty: strings must contain a non-blank character; tuples at least one element.
+        rule: the rule in words (the message's "must be ..." part); derived from the fields above when empty.
         fix: what to write instead (the message's "Fix:" part); derived from the rule when empty.
     """
 
@@ -48,7 +54,10 @@ class Check:
     hi: float | None = None
     open_lo: bool = False
     open_hi: bool = False
+    multiple: int | None = None
+    pattern: str | None = None
     nonempty: bool = False
+    rule: str = ""
     fix: str = ""
 
 
@@ -82,20 +91,23 @@ def _accepted_types(cls, name: str, annotation) -> tuple:
     args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
         typing.get_origin(annotation) is typing.Union else (annotation,)
     for a in args:
+        if typing.get_origin(a) is tuple and typing.get_args(a)[1:] == (Ellipsis,):
+            a = typing.get_args(a)[0]  # tuple[X, ...]: its elements must be checkable
         if not (a in (bool, int, float, str, type(None)) or dataclasses.is_dataclass(a)):
             raise TypeError(f"{cls.__name__}.{name}: annotation {annotation!r} cannot be checked by "
                             "fluxperf.recipe_checks. Fix: use bool, int, float, str, None (or a union) or a step config.")
     return tuple(args)
 
 
-def check_fields(config, section: str = "") -> None:
-    """Check every field of `config` (a step-config dataclass instance) against its type and rule.
+def check_fields(config, section: str = "", error: type[Exception] = RecipeError) -> None:
+    """Check every field of `config` (a dataclass instance whose fields use `checked`) against its type and rule.
 
     Args:
         config: e.g. a CompileConfig.
         section: the path prefix in messages, e.g. "compile" (fields named "compile.fullgraph"); "" for the Recipe.
+        error: the exception class raised (RecipeError for recipes).
     Raises:
-        RecipeError: the first field whose value breaks its type or rule (path, value, rule, fix).
+        error: the first field whose value breaks its type or rule (path, value, rule, fix), one line.
         TypeError: a field declared without `checked(...)` (a programming error).
     """
     cls = type(config)
@@ -103,31 +115,50 @@ def check_fields(config, section: str = "") -> None:
         if check is None:
             raise TypeError(f"{cls.__name__}.{name} has no check. Fix: declare it with "
                             "fluxperf.recipe_checks.checked(default, ...) so its type and range are validated.")
-        problem = _problem(getattr(config, name), accepted, check)
+        problem = value_problem(getattr(config, name), accepted, check)
         if problem:
             path = f"{section}.{name}" if section else name
             rule, fix = problem
             value = getattr(config, name)
-            raise RecipeError(f"{path}={value!r} ({type(value).__name__}) is not allowed: must be {rule}. Fix: {fix}.")
+            raise error(f"{path}={value!r} ({type(value).__name__}) is not allowed: must be {rule}. Fix: {fix}.")
 
 
-def _problem(value, accepted: tuple, check: Check) -> tuple[str, str] | None:
-    """None if `value` passes, else (rule text, fix text)."""
+def value_problem(value, accepted: tuple, check: Check) -> tuple[str, str] | None:
+    """None if `value` passes the types `accepted` (see field_checks) and `check`, else (rule text, fix text)."""
     rule = _describe(accepted, check)
     if not any(_is_type(value, t) for t in accepted):
         return rule, check.fix or _type_fix(accepted, check)
     if value is None or dataclasses.is_dataclass(value):
         return None
+    if isinstance(value, tuple):
+        if check.nonempty and not value:
+            return rule, check.fix or "give at least one value"
+        bad = [v for v in value if check.choices is not None and v not in check.choices]
+        return (rule, check.fix or f"drop {bad}") if bad else None
+    return _scalar_problem(value, rule, check)
+
+
+def _scalar_problem(value, rule: str, check: Check) -> tuple[str, str] | None:
     if check.choices is not None and value not in check.choices:
-        return rule, check.fix or f"use one of {list(check.choices)}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, check):
-        return rule, check.fix or f"use a value in {_range_text(check)}"
-    if check.nonempty and isinstance(value, str) and not value.strip():
-        return rule, check.fix or "use a non-empty string"
+        return rule, check.fix or "use one of those values"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not _in_range(value, check):
+            what = f"a multiple of {check.multiple}" if check.multiple else "a value"
+            return rule, check.fix or f"use {what} in {_range_text(check)}"
+        if check.multiple and value % check.multiple:
+            nearest = max(check.multiple, round(value / check.multiple) * check.multiple)
+            return rule, check.fix or f"use a multiple of {check.multiple}, e.g. {nearest}"
+    if isinstance(value, str):
+        if check.nonempty and not value.strip():
+            return rule, check.fix or "use a non-empty string"
+        if check.pattern is not None and not re.fullmatch(check.pattern, value):
+            return rule, check.fix or f"use a value matching {check.pattern!r}"
     return None
 
 
 def _is_type(value, t) -> bool:
+    if typing.get_origin(t) is tuple:
+        return isinstance(value, tuple) and all(_is_type(v, typing.get_args(t)[0]) for v in value)
     if t is type(None):
         return value is None
     if t is bool:
@@ -150,23 +181,37 @@ _TYPE_WORDS = {bool: "a bool (true/false)", int: "an integer", float: "a finite 
 
 
 def _describe(accepted: tuple, c: Check) -> str:
-    if c.choices is not None:
+    if c.rule:
+        return c.rule
+    if c.choices is not None and not any(typing.get_origin(t) is tuple for t in accepted):
         return f"one of {list(c.choices)}"
-    words = []
-    for t in accepted:
-        word = _TYPE_WORDS.get(t) or f"a {t.__name__}"
-        if t in (int, float) and (c.lo is not None or c.hi is not None):
-            word += f" in {_range_text(c)}"
-        if t is str and c.nonempty:
-            word = "a non-empty string"
-        words.append(word)
-    return " or ".join(words)
+    return " or ".join(_describe_type(t, c) for t in accepted)
+
+
+def _describe_type(t, c: Check) -> str:
+    if typing.get_origin(t) is tuple:
+        items = f"values from {list(c.choices)}" if c.choices is not None else _describe_type(typing.get_args(t)[0], c)
+        return f"a {'non-empty ' if c.nonempty else ''}tuple of {items}"
+    word = _TYPE_WORDS.get(t) or f"a {t.__name__}"
+    if t in (int, float) and (c.lo is not None or c.hi is not None):
+        word += f" in {_range_text(c)}"
+    if t is int and c.multiple:
+        word += f", a multiple of {c.multiple}"
+    if t is str and c.nonempty:
+        word = "a non-empty string"
+    if t is str and c.pattern:
+        word += f" matching {c.pattern!r}"
+    return word
 
 
 def _range_text(c: Check) -> str:
-    lo = "-inf" if c.lo is None else f"{c.lo:g}"
-    hi = "inf" if c.hi is None else f"{c.hi:g}"
+    lo = "-inf" if c.lo is None else _number(c.lo)
+    hi = "inf" if c.hi is None else _number(c.hi)
     return f"{'(' if c.open_lo or c.lo is None else '['}{lo}, {hi}{')' if c.open_hi or c.hi is None else ']'}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _type_fix(accepted: tuple, c: Check) -> str:

@@ -41,7 +41,8 @@ def test_a_failing_rung_is_reported_and_fails_the_run(tmp_path):
 def test_unknown_rung_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["ladder", "--rungs", "bf16,turbo"])
-    assert "unknown rung" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'bf16,turbo' is not allowed" in err and "Fix: drop ['turbo']" in err
 
 
 def test_console_script_help():

@@ -11,33 +11,53 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from ..ladder import rung_names
+    from ..ladder_run import LadderOptions, device_problem
+    from ..model_configs import SIZES, VARIANTS
+    from ._types import option_type, value_type
+
+    positive = {"accepted": (float,), "lo": 0, "open_lo": True}
     p = subparsers.add_parser("profile", help="per-category time budget of one transformer step",
                               description="Profile one transformer step (or read a stored kernel table) and split its "
                                           "time into GEMM, attention, quantization, fused/eager elementwise, copies "
                                           "and launch gaps, with achieved TFLOP/s.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--table", help="a kernel table CSV (name,count,cuda_time_us per step), e.g. baselines/<gpu>/kernels/*.csv")
-    src.add_argument("--rung", help="profile this ladder rung live (e.g. float8)")
-    p.add_argument("--variant", choices=("schnell", "dev", "kontext"), default="schnell")
-    p.add_argument("--size", choices=("tiny", "full"), help="synthetic model size (default: full on CUDA, tiny on CPU)")
-    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--height", type=int, help="default 1024 full, 64 tiny")
-    p.add_argument("--width", type=int)
-    p.add_argument("--step-ms", type=float, help="with --table: the measured step time (adds the launch-gaps row)")
-    p.add_argument("--gemm-tflops", type=float, help="a GEMM rate (e.g. the measured bf16 peak) for the 'ms at rate' column")
-    p.add_argument("--attention-tflops", type=float, help="an attention rate for the 'ms at rate' column")
-    p.add_argument("--rounds", type=int, default=10, help="with --rung: timed steps for the step median")
-    p.add_argument("--out", help="directory for kernels.csv, budget.csv, budget.md (written atomically)")
+    # a missing table is reported by load_kernel_table in run() (exit 2, before any work)
+    src.add_argument("--table", type=value_type(str, (str,), nonempty=True),
+                     help="a kernel table CSV (name,count,cuda_time_us per step), e.g. baselines/<gpu>/kernels/*.csv")
+    src.add_argument("--rung", type=value_type(str, (str,), choices=rung_names()),
+                     help="profile this ladder rung live (e.g. float8)")
+    p.add_argument("--variant", choices=VARIANTS, default="schnell")
+    p.add_argument("--size", choices=SIZES, help="synthetic model size (default: full on CUDA, tiny on CPU)")
+    p.add_argument("--device", type=option_type(LadderOptions, "device", extra=device_problem),
+                   help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--height", type=option_type(LadderOptions, "height", int),
+                   help="a multiple of 16; default 1024 full, 64 tiny")
+    p.add_argument("--width", type=option_type(LadderOptions, "width", int), help="a multiple of 16")
+    p.add_argument("--step-ms", type=value_type(float, **positive),
+                   help="with --table: the measured step time (adds the launch-gaps row)")
+    p.add_argument("--gemm-tflops", type=value_type(float, **positive),
+                   help="a GEMM rate (e.g. the measured bf16 peak) for the 'ms at rate' column")
+    p.add_argument("--attention-tflops", type=value_type(float, **positive),
+                   help="an attention rate for the 'ms at rate' column")
+    p.add_argument("--rounds", type=option_type(LadderOptions, "rounds", int), default=10,
+                   help="with --rung: timed steps for the step median")
+    p.add_argument("--out", help="directory for kernels.csv, budget.csv, budget.md (written atomically; checked "
+                                 "writable before profiling)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..bench.budget import time_budget, to_markdown
     from ..bench.flops import step_flops
-    from ..errors import FluxperfError
     from ..nightly.kernels import load_kernel_table
+    from ..errors import FluxperfError
 
     try:
+        if args.out:  # before minutes of profiling, not after
+            from ..ladder_report import check_out_dir
+
+            check_out_dir(args.out, option="--out")
         if args.table:
             size = args.size or "full"
             spec = _spec(args, size)
@@ -69,10 +89,10 @@ def _profile_rung(args):
     import torch
 
     from ..apply import apply
+    from ..nightly.kernels import profile_kernel_table
     from ..ladder import recipe_from
     from ..model_configs import VARIANT_DEFAULTS, dims_of_pipeline
     from ..models import build_pipeline
-    from ..nightly.kernels import profile_kernel_table
     from ..shapes import transformer_inputs
     from ..timing import time_fn
 
