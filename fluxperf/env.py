@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import subprocess
+from dataclasses import asdict, dataclass
 
 from .optional import find_module
 
@@ -58,25 +59,164 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def gpu_info(device: int = 0) -> dict | None:
-    """Name, compute capability, memory, driver and CUDA runtime of one GPU; None without CUDA."""
+GPU_NAME_ENV = "FLUXPERF_GPU_NAME"  # documented override of the GPU name (e.g. a renamed card, CPU tests)
+GPU_CAPABILITY_ENV = "FLUXPERF_GPU_CAPABILITY"  # with the override: its compute capability, e.g. "9.0"
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    """The GPU this process measures: the CUDA device in use, matched to its NVML device by UUID.
+
+    `CUDA_VISIBLE_DEVICES=1` makes CUDA device 0 the machine's second GPU; NVML numbers GPUs by PCI order and
+    ignores the variable, so NVML index 0 may be another card. The UUID is the same in both APIs.
+
+    Attributes:
+        name: e.g. "NVIDIA H200". slug: "nvidia-h200". family: "sm90" (from the compute capability).
+        uuid: "GPU-8f1c..." (NVML spelling) or None. cuda_index: torch device index. nvml_index: NVML index.
+        source: where the identity came from: "torch", "nvml" (no CUDA in torch), or FLUXPERF_GPU_NAME.
+    """
+
+    name: str
+    uuid: str | None = None
+    capability: str | None = None
+    cuda_index: int | None = None
+    nvml_index: int | None = None
+    source: str = "torch"
+
+    @property
+    def slug(self) -> str:
+        return gpu_slug(self.name)
+
+    @property
+    def family(self) -> str | None:
+        return capability_family(self.capability)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "slug": self.slug, "family": self.family}
+
+
+def capability_family(capability: str | None) -> str | None:
+    """'9.0' -> 'sm90' (the architecture family whose numerics a GPU shares); None when unknown."""
+    if not capability or not re.fullmatch(r"\d+\.\d+", str(capability)):
+        return None
+    major, minor = str(capability).split(".")
+    return f"sm{major}{minor}"
+
+
+def gpu_identity(device: int | None = None) -> GpuIdentity | None:
+    """The identity of CUDA device `device` (default: the current one); None on a machine without a GPU.
+
+    Order: $FLUXPERF_GPU_NAME (override; capability from $FLUXPERF_GPU_CAPABILITY), torch's device properties
+    (honours CUDA_VISIBLE_DEVICES; NVML index found by UUID when nvidia-ml-py is installed), else NVML alone,
+    mapping the CUDA_VISIBLE_DEVICES entry (a UUID, or an index read in PCI bus order) to its NVML device.
+    Initializes CUDA when torch sees a GPU.
+    """
+    override = os.environ.get(GPU_NAME_ENV)
+    if override:
+        return GpuIdentity(override, capability=os.environ.get(GPU_CAPABILITY_ENV) or None, source=GPU_NAME_ENV)
+    found = _torch_device(device)
+    if found is not None:
+        name, uuid, capability, index = found
+        return GpuIdentity(name, uuid, capability, index, _nvml_index_of_uuid(uuid), "torch")
+    return _nvml_identity(device or 0)
+
+
+def nvml_handle(identity: GpuIdentity | None):
+    """The NVML handle of `identity` (by UUID, else by its NVML index); None when NVML cannot answer."""
+    nvml = _nvml()
+    if nvml is None or identity is None:
+        return None
+    try:
+        if identity.uuid:
+            return nvml.nvmlDeviceGetHandleByUUID(identity.uuid)
+        if identity.nvml_index is not None:
+            return nvml.nvmlDeviceGetHandleByIndex(identity.nvml_index)
+    except nvml.NVMLError:  # the device vanished or NVML refuses: the caller reports "NVML unavailable"
+        return None
+    return None
+
+
+def _torch_device(device: int | None) -> tuple[str, str | None, str, int] | None:
+    """(name, NVML-style UUID, capability, index) of a CUDA device from torch; None without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device() if device is None else device
+    props = torch.cuda.get_device_properties(index)
+    raw = getattr(props, "uuid", None)
+    uuid = None if raw is None else (str(raw) if str(raw).startswith(("GPU-", "MIG-")) else f"GPU-{raw}")
+    return props.name, uuid, f"{props.major}.{props.minor}", index
+
+
+def _nvml():
+    """pynvml, initialized; None when nvidia-ml-py is missing or NVML has no driver."""
+    if not find_module("pynvml"):
+        return None
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:  # no driver / no GPU: a CPU machine
+        return None
+    return pynvml
+
+
+def _decode(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _nvml_index_of_uuid(uuid: str | None) -> int | None:
+    nvml = _nvml()
+    if nvml is None or not uuid:
+        return None
+    try:
+        return int(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(uuid)))
+    except nvml.NVMLError:
+        return None
+
+
+def _nvml_identity(device: int) -> GpuIdentity | None:
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if "CUDA_VISIBLE_DEVICES" in os.environ and not visible:
+        return None  # CUDA_VISIBLE_DEVICES="" hides every GPU
+    entry = visible[device] if device < len(visible) else str(device)
+    try:
+        handle = (nvml.nvmlDeviceGetHandleByUUID(entry) if entry.startswith(("GPU-", "MIG-"))
+                  else nvml.nvmlDeviceGetHandleByIndex(int(entry)))
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+        return GpuIdentity(_decode(nvml.nvmlDeviceGetName(handle)), _decode(nvml.nvmlDeviceGetUUID(handle)),
+                           f"{major}.{minor}", device, int(nvml.nvmlDeviceGetIndex(handle)), "nvml")
+    except (nvml.NVMLError, ValueError):
+        return None
+
+
+def gpu_info(device: int | None = None) -> dict | None:
+    """Name, UUID, compute capability, memory, driver and CUDA runtime of one GPU; None without CUDA."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    props = torch.cuda.get_device_properties(device)
+    identity = gpu_identity(device)
+    props = torch.cuda.get_device_properties(identity.cuda_index if identity.cuda_index is not None else 0)
     return {
-        "name": props.name,
+        "name": identity.name,
+        "uuid": identity.uuid,
         "capability": f"{props.major}.{props.minor}",
         "sm_count": props.multi_processor_count,
         "memory_gib": round(props.total_memory / 2**30, 1),
         "driver": driver_version(),
         "cuda": torch.version.cuda,
-        "slug": gpu_slug(props.name),
+        "slug": identity.slug,
     }
 
 
-def is_sm90(device: int = 0) -> bool:
+def is_sm90(device: int | None = None) -> bool:
     """True on Hopper (compute capability 9.x), which FA3 needs."""
     info = gpu_info(device)
     return bool(info and info["capability"].startswith("9."))
@@ -104,16 +244,13 @@ def driver_version() -> str | None:
 
 
 def _nvml_driver_version() -> str | None:
-    if not find_module("pynvml"):
+    nvml = _nvml()
+    if nvml is None:
         return None
-    import pynvml
-
     try:
-        pynvml.nvmlInit()
-        version = pynvml.nvmlSystemGetDriverVersion()
-    except pynvml.NVMLError:  # no driver / no GPU: the caller tries nvidia-smi next
+        return _decode(nvml.nvmlSystemGetDriverVersion())
+    except nvml.NVMLError:  # the caller tries nvidia-smi next
         return None
-    return version.decode() if isinstance(version, bytes) else version
 
 
 # Where a checkout travels without .git (the lent GPU machines, CI artifacts), the commit comes from the

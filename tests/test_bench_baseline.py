@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from fluxperf.bench import EXIT_BASELINE_ERROR, EXIT_REGRESSION
+from fluxperf.bench import EXIT_BASELINE_ERROR, EXIT_NO_BASELINE, EXIT_REGRESSION, stats
 from fluxperf.bench import baseline as bl
+from fluxperf.bench import baseline_update as bu
 from fluxperf.bench.fakes import H100, fake_run, noisy
 from fluxperf.cli import main
 from fluxperf.errors import BaselineError
@@ -25,7 +26,7 @@ def write_run(path, run):
 def make_baseline(tmp_path, *medians, extra_info=None):
     runs = [write_run(tmp_path / f"run{i}.json", fake_run({NAME: noisy(m, 20, seed=i)}, extra_info=extra_info))
             for i, m in enumerate(medians)]
-    written = bl.update_baseline(runs, root=tmp_path / "baselines", command="test")
+    written = bu.update_baseline(runs, root=tmp_path / "baselines", command="test")
     return written[0]
 
 
@@ -37,17 +38,17 @@ def test_update_writes_the_slug_directory_with_provenance_and_thresholds(tmp_pat
     assert meta["gpu_slug"] == SLUG and meta["provenance"]["command"] == "test"
     assert set(meta["provenance"]) >= {"git_commit", "date", "versions", "command", "sources"}
     th = meta["thresholds"][NAME]
-    assert th["runs"] == 3 and bl.stats.FLOOR <= th["time"] <= bl.stats.CAP
+    assert th["runs"] == 3 and stats.FLOOR <= th["time"] <= stats.CAP
     assert data["benchmarks"][0]["stats"]["data"]  # per-round samples kept
 
 
 def test_thresholds_grow_with_the_spread_of_repeated_runs(tmp_path):
-    quiet = bl.derive_thresholds([fake_run({NAME: noisy(m, 20, seed=i)})["benchmarks"][0]
+    quiet = bu.derive_thresholds([fake_run({NAME: noisy(m, 20, seed=i)})["benchmarks"][0]
                                   for i, m in enumerate((0.131, 0.1311))])
-    loud = bl.derive_thresholds([fake_run({NAME: noisy(m, 20, seed=i)})["benchmarks"][0]
+    loud = bu.derive_thresholds([fake_run({NAME: noisy(m, 20, seed=i)})["benchmarks"][0]
                                  for i, m in enumerate((0.131, 0.139, 0.135))])
-    assert quiet["time"] == bl.stats.FLOOR
-    assert loud["time"] > quiet["time"] and loud["time"] <= bl.stats.CAP
+    assert quiet["time"] == stats.FLOOR
+    assert loud["time"] > quiet["time"] and loud["time"] <= stats.CAP
 
 
 def test_interrupted_update_leaves_the_old_baseline_intact(tmp_path, monkeypatch):
@@ -66,11 +67,12 @@ def test_interrupted_update_leaves_the_old_baseline_intact(tmp_path, monkeypatch
 
 def test_corrupt_baseline_is_an_error(tmp_path):
     path = make_baseline(tmp_path, 0.131)
+    good = json.loads(path.read_text())
     path.write_text(path.read_text()[:200])
-    with pytest.raises(BaselineError, match="corrupt"):
+    with pytest.raises(BaselineError, match="unreadable or not JSON"):
         bl.load_baseline(path, expected_slug=SLUG)
-    path.write_text(json.dumps({"fluxperf": {"format": 1, "gpu_slug": SLUG}, "benchmarks": [{"fullname": "x"}]}))
-    with pytest.raises(BaselineError, match="stats.data"):
+    path.write_text(json.dumps({**good, "benchmarks": [{"fullname": "x"}]}))
+    with pytest.raises(BaselineError, match="stats"):
         bl.load_baseline(path)
 
 
@@ -84,10 +86,10 @@ def test_runs_from_two_gpus_or_with_injected_slowdown_are_refused(tmp_path):
     a = ("a", fake_run({NAME: [0.1] * 3}))
     b = ("b", fake_run({NAME: [0.1] * 3}, gpu="NVIDIA H200"))
     with pytest.raises(BaselineError, match="different GPUs"):
-        bl.build_baseline([a, b], command="t")
+        bu.build_baseline([a, b], command="t")
     slow = ("s", fake_run({NAME: [0.1] * 3}, extra_info={"slowdown_injected": 0.05}))
     with pytest.raises(BaselineError, match="FLUXPERF_INJECT_SLOWDOWN"):
-        bl.build_baseline([slow], command="t")
+        bu.build_baseline([slow], command="t")
 
 
 def test_update_merges_and_stores_kernel_tables(tmp_path):
@@ -95,7 +97,7 @@ def test_update_merges_and_stores_kernel_tables(tmp_path):
     other = "perf/test_vae.py::test_vae_decode[eager]"
     table = [{"name": "sm90_gemm", "count": 114.0, "cuda_time_us": 90000.0}]
     run = write_run(tmp_path / "vae.json", fake_run({other: noisy(0.09, 20)}, extra_info={"kernel_table": table}))
-    written = bl.update_baseline([run], root=tmp_path / "baselines", command="t")
+    written = bu.update_baseline([run], root=tmp_path / "baselines", command="t")
     data = bl.load_baseline(written[0])
     assert sorted(bl.benchmarks_by_name(data)) == sorted([NAME, other])
     assert "kernel_table" not in data["benchmarks"][1]["extra_info"]
@@ -121,5 +123,8 @@ def test_cli_update_show_and_check_exit_statuses(tmp_path, capsys):
 
 def test_cli_check_without_baseline_names_the_command(tmp_path, capsys):
     run = write_run(tmp_path / "r.json", fake_run({NAME: [0.1] * 10}, gpu=H100))
-    assert main(["baseline", "check", str(run), "--root", str(tmp_path / "none")]) == 0
-    assert bl.CREATE_COMMAND in capsys.readouterr().out
+    assert main(["baseline", "check", str(run), "--root", str(tmp_path / "none")]) == EXIT_NO_BASELINE
+    out = capsys.readouterr().out
+    assert bl.CREATE_COMMAND in out and "fluxperf outcome: NO_BASELINE (exit status 13)" in out
+    assert main(["baseline", "check", str(run), "--root", str(tmp_path / "none"), "--allow-missing-baseline"]) == 0
+    assert "accepted by --allow-missing-baseline" in capsys.readouterr().out

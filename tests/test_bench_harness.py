@@ -7,7 +7,7 @@ import types
 import pytest
 
 from fluxperf.bench import harness
-from fluxperf.bench.baseline import build_baseline
+from fluxperf.bench.baseline_update import build_baseline
 from fluxperf.bench.fakes import fake_calibration, fake_run, noisy
 from fluxperf.bench.pytest_plugin import state_of
 

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
+from fluxperf.bench.kernels import kernel_table_path, save_kernel_table
 from fluxperf.cli import main
-from fluxperf.nightly.kernels import kernel_table_path, save_kernel_table
 
 
 def kt(rows):

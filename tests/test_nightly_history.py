@@ -5,10 +5,12 @@ import threading
 
 import pytest
 
+from fluxperf.bench.baseline import load_baseline
+from fluxperf.bench.baseline_update import update_baseline
 from fluxperf.nightly.history import (
     append_entries,
+    baseline_id,
     entries_from_benchmark_json,
-    load_baselines,
     load_history,
     nightly_series,
 )
@@ -30,27 +32,43 @@ def test_entry_fields_from_a_benchmark_json():
 def test_the_perf_tier_verdict_wins():
     doc = benchmark_doc({NAME: noisy(100, 12)}, verdicts={NAME: "regression"})
     (e,) = entries_from_benchmark_json(doc, date="2026-11-21", run_id="r1")
-    assert e["verdict"] == "regressed" and "perf tier" in e["reason"]
+    assert e["verdict"] == "regression" and "perf tier" in e["reason"]
 
 
-def test_verdict_against_a_baseline_file(tmp_path):
-    (tmp_path / "0001_baseline.json").write_text(json.dumps(benchmark_doc({NAME: noisy(100, 12, seed=1)})))
-    baselines, bid, _ = load_baselines(tmp_path)
+def _baseline(tmp_path, samples_ms):
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(benchmark_doc({NAME: samples_ms})))
+    (path, *_) = update_baseline([run], root=tmp_path / "baselines", command="test")
+    return path
+
+
+def test_verdict_against_a_baseline_comes_from_the_one_judge(tmp_path):
+    path = _baseline(tmp_path, noisy(100, 12, seed=1))
+    base, bid = load_baseline(path), baseline_id(path)
     slow = benchmark_doc({NAME: noisy(115, 12, seed=2)})
-    (e,) = entries_from_benchmark_json(slow, date="2026-11-21", run_id="r1", baselines=baselines, baseline_id=bid)
-    assert e["verdict"] == "regressed" and e["ratio"] == pytest.approx(1.15, rel=0.02) and e["baseline_id"] == bid
+    (e,) = entries_from_benchmark_json(slow, date="2026-11-21", run_id="r1", baseline=base, baseline_id=bid)
+    assert e["verdict"] == "regression" and e["ratio"] == pytest.approx(1.15, rel=0.02) and e["baseline_id"] == bid
     same = benchmark_doc({NAME: noisy(100, 12, seed=3)})
-    (e,) = entries_from_benchmark_json(same, date="2026-11-21", run_id="r1", baselines=baselines)
-    assert e["verdict"] == "unchanged"
+    (e,) = entries_from_benchmark_json(same, date="2026-11-21", run_id="r1", baseline=base)
+    assert e["verdict"] == "pass"
 
 
 def test_baseline_id_changes_with_content(tmp_path):
     f = tmp_path / "0001_baseline.json"
     f.write_text(json.dumps(benchmark_doc({NAME: [1.0, 2.0]})))
-    id1 = load_baselines(tmp_path)[1]
+    id1 = baseline_id(f)
     f.write_text(json.dumps(benchmark_doc({NAME: [1.0, 2.5]})))
-    assert load_baselines(tmp_path)[1] != id1
-    assert load_baselines(tmp_path / "missing") == ({}, None, {})
+    assert baseline_id(f) != id1 and baseline_id(tmp_path / "missing") is None
+
+
+def test_older_history_lines_are_migrated_or_refused_by_line(tmp_path):
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"date": "2026-11-20", "benchmark": "x", "samples_ms": [1, 3, 2], "verdict": "regressed"}\n')
+    (e,) = load_history(path)
+    assert e["median_ms"] == 2 and e["verdict"] == "regression"
+    path.write_text('{"date": "2026-11-20", "benchmark": "x", "median_ms": 1}\n{"date": "2026-11-21", "benchmark": "x"}\n')
+    with pytest.raises(ValueError, match="history.jsonl:2: median_ms = None"):
+        load_history(path)
 
 
 def test_records_without_samples_are_refused():
@@ -95,11 +113,11 @@ def test_corrupt_line_is_named(tmp_path):
 
 
 def test_nightly_series_merges_attempts_per_date():
-    entries = [{"date": "2026-11-21", "benchmark": "b", "attempt": 2, "median_ms": 12.0, "verdict": "regressed"},
-               {"date": "2026-11-20", "benchmark": "b", "attempt": 1, "median_ms": 10.0, "verdict": "unchanged"},
-               {"date": "2026-11-21", "benchmark": "b", "attempt": 1, "median_ms": 14.0, "verdict": "regressed"},
+    entries = [{"date": "2026-11-21", "benchmark": "b", "attempt": 2, "median_ms": 12.0, "verdict": "regression"},
+               {"date": "2026-11-20", "benchmark": "b", "attempt": 1, "median_ms": 10.0, "verdict": "pass"},
+               {"date": "2026-11-21", "benchmark": "b", "attempt": 1, "median_ms": 14.0, "verdict": "regression"},
                {"date": "2026-11-21", "benchmark": "other", "attempt": 1, "median_ms": 99.0}]
     points = nightly_series(entries, "b")
     assert [p["date"] for p in points] == ["2026-11-20", "2026-11-21"]
     assert points[1]["median_ms"] == 13.0 and points[1]["attempts"] == 2
-    assert points[1]["verdicts"] == ["regressed", "regressed"]
+    assert points[1]["verdicts"] == ["regression", "regression"]

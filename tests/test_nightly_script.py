@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fluxperf.bench.kernels import kernel_table_path, save_kernel_table, table_from_records
 from fluxperf.nightly.history import append_entries, entries_from_benchmark_json, load_history
-from fluxperf.nightly.kernels import kernel_table_path, save_kernel_table, table_from_records
 from fluxperf.nightly.synthetic import benchmark_doc, noisy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_allowed_offline_run_confirms_explains_plots_and_summarizes(tmp_path):
     assert "**confirmed**" in summary and "regressed again on re-run" in summary
     assert "injected_cast_fp32" in summary and "| new |" in summary  # the kernel diff explains it
     tonight = [e for e in load_history(tmp_path / "history.jsonl") if e["date"] == "2026-11-22"]
-    assert sorted(e["attempt"] for e in tonight) == [1, 2] and {e["verdict"] for e in tonight} == {"regressed"}
+    assert sorted(e["attempt"] for e in tonight) == [1, 2] and {e["verdict"] for e in tonight} == {"regression"}
     assert (out / "plots" / kernel_table_path("", NAME).with_suffix(".png").name).read_bytes()[:4] == b"\x89PNG"
     assert (out / "flagged.txt").read_text().split() == [NAME]
     assert json.loads((out / "changepoints.json").read_text()).keys() == {NAME}

@@ -10,7 +10,7 @@ Inductor's `triton_*`) and on CPU profiles (`aten::*` ops), so the same code exp
 CPU smoke run.
 
 Example:
-    >>> from fluxperf.nightly.kernels import load_kernel_table  # doctest: +SKIP
+    >>> from fluxperf.bench.kernels import load_kernel_table  # doctest: +SKIP
     >>> table = load_kernel_table("baselines/nvidia-h100-80gb-hbm3/kernels/test_ladder.py-test_transformer_step-compile.csv")  # doctest: +SKIP
     >>> time_budget(table, flops=step_flops(ShapeSpec("schnell", 1024, 1024)), step_ms=131.0)  # doctest: +SKIP
 """
@@ -63,7 +63,7 @@ def time_budget(table, *, flops: StepFlops | None = None, step_ms: float | None 
     """Per-category time of one step from its kernel table (pandas DataFrame: name, count, cuda_time_us).
 
     Args:
-        table: a kernel table per step (fluxperf.nightly.kernels.profile_kernel_table / load_kernel_table).
+        table: a kernel table per step (fluxperf.bench.kernels.profile_kernel_table / load_kernel_table).
         flops: the step's FLOPs; GEMM rows use linear + embed, attention rows attention.
         step_ms: the measured step time; the part no kernel covers becomes the launch-gaps row.
         gemm_tflops, attention_tflops: rates (e.g. the bf16 GEMM peak measured by the calibration); the

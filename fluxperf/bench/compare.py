@@ -74,16 +74,33 @@ class Comparison:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def time_check(self) -> Check:
+        return next(c for c in self.checks if c.quantity == "time")
+
+    def deciding(self) -> list[Check]:
+        """The checks whose outcome is the benchmark's outcome (time first when it is among them)."""
+        return [c for c in self.checks if c.outcome == self.outcome] or [self.time_check()]
+
+    def summary_line(self) -> str:
+        """One line for a passing benchmark."""
+        t = self.time_check()
+        return (f"PASS {self.name}: {self.baseline_median_ms:.2f} -> {self.current_median_ms:.2f} ms "
+                f"({t.change:+.1%}, threshold {t.threshold:.1%}, {self.decided_by} timings)")
+
     def message(self) -> str:
-        """One paragraph naming the benchmark, medians, change, threshold, deciding path and fingerprint diffs."""
-        t = next(c for c in self.checks if c.quantity == "time")
+        """A headline naming what decided, then one line per check that did not pass, then the timing and the
+        fingerprint differences. A line never calls a quantity 'within' its threshold unless that check passed."""
+        deciding = self.deciding()
+        what = ", ".join(c.quantity for c in deciding)
+        lines = [f"{self.outcome.upper()} {self.name}: decided by {what}: {deciding[0].reason}"]
+        for c in deciding[1:] + [c for c in self.checks if c.outcome not in (stats.PASS, self.outcome)]:
+            if c.quantity != "time":
+                lines.append(f"  {c.quantity} ({c.outcome}): {c.baseline} -> {c.current} ({c.reason})")
+        t = self.time_check()
         factor = "n/a" if self.speed_factor is None else f"{self.speed_factor:.3f}"
-        lines = [f"{self.outcome.upper()} {self.name}: median {self.baseline_median_ms:.2f} ms (baseline) -> "
-                 f"{self.current_median_ms:.2f} ms (current), change {t.change:+.1%} (threshold {t.threshold:.1%}); "
-                 f"decided by {self.decided_by} timings (machine speed factor from calibration {factor}): {t.reason}"]
-        for c in self.checks:
-            if c.quantity != "time" and c.outcome != stats.PASS:
-                lines.append(f"  {c.quantity}: {c.outcome}: {c.baseline} -> {c.current} ({c.reason})")
+        lines.append(f"  time ({t.outcome}): median {self.baseline_median_ms:.2f} ms (baseline) -> "
+                     f"{self.current_median_ms:.2f} ms (current), change {t.change:+.1%} (threshold {t.threshold:.1%}), "
+                     f"{self.decided_by} timings (machine speed factor from calibration {factor}): {t.reason}")
         lines.append("  fingerprint differences: " + ("; ".join(self.fingerprint_diff) or "none"))
         return "\n".join(lines)
 

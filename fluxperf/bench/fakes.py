@@ -50,7 +50,7 @@ def fake_run(benchmarks: dict[str, list[float]], *, gpu: str = H100, versions: d
           "host": "box-1"}
     return {"machine_info": {"node": "box-1", "fluxperf": fp}, "commit_info": {"id": "abc123"},
             "benchmarks": [fake_bench(name, data, extra_info) for name, data in benchmarks.items()],
-            "datetime": "2026-11-23T00:00:00+00:00", "version": "5.2.3"}
+            "datetime": "2026-11-23T00:00:00+00:00", "version": "5.2.3", "fluxperf": {"selected": list(benchmarks)}}
 
 
 class FakeReader:

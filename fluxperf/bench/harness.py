@@ -7,7 +7,7 @@ compiled the model, timing the first call):
 2. `benchmark.pedantic` with a CUDA-event clock (warm-up rounds excluded) inside a `GpuMonitor`;
 3. peak memory, calibration kernels (after);
 4. proxies: recompiles during the timed rounds, graph breaks, CUDA kernels per call (profiler);
-   a kernel table when --fluxperf-kernel-tables is given and fluxperf.nightly.kernels exists;
+   a kernel table when --fluxperf-kernel-tables is given and fluxperf.bench.kernels exists;
 5. metrics: TFLOP/s, MFU against the measured bf16 GEMM peak, compile seconds;
 6. with a baseline: compare; a suspected regression (or a throttled measurement) is re-measured once, and
    the second measurement decides. The verdict goes to the pytest plugin, which sets the exit status.
@@ -23,8 +23,8 @@ import statistics
 import time
 
 from . import calibration as cal
-from .baseline import has_module
 from .monitor import GpuMonitor
+from .stats import iqr
 
 
 def cuda_event_clock():
@@ -108,11 +108,9 @@ def count_cuda_kernels(fn) -> int:
     return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
 
 
-def kernel_table_records(fn) -> list[dict] | None:
-    """The kernel table of `fn` from fluxperf.nightly.kernels.profile_kernel_table, or None if that module is absent."""
-    if not has_module("fluxperf.nightly.kernels"):
-        return None
-    from ..nightly.kernels import profile_kernel_table
+def kernel_table_records(fn) -> list[dict]:
+    """The kernel table of one call of `fn` (fluxperf.bench.kernels.profile_kernel_table) as records."""
+    from .kernels import profile_kernel_table
 
     return profile_kernel_table(fn, warmup=1, iters=2).to_dict(orient="records")
 
@@ -175,7 +173,7 @@ class Bench:
         median_s = statistics.median(m["samples_s"])
         extra = self.benchmark.extra_info
         extra.update(info or {})
-        extra.update({"fluxperf": 1, "median_ms": median_s * 1e3, "iqr_ms": _iqr_ms(m["samples_s"]),
+        extra.update({"fluxperf": 1, "median_ms": median_s * 1e3, "iqr_ms": iqr([x * 1e3 for x in m["samples_s"]]),
                       "rounds": len(m["samples_s"]), "clock": "cuda_events",
                       "calibration": m["calibration"], "monitor": m["monitor"]})
         base = dyn_before or dyn0
@@ -217,10 +215,3 @@ class Bench:
             return {**current, "stats": {"data": again["samples_s"]}, "extra_info": extra}
 
         return judge(self.request.config, current, remeasure=remeasure)
-
-
-def _iqr_ms(samples_s: list[float]) -> float:
-    if len(samples_s) < 2:
-        return 0.0
-    q = statistics.quantiles([x * 1e3 for x in samples_s], n=4, method="inclusive")
-    return q[2] - q[0]

@@ -124,14 +124,24 @@ def summarize(samples: list[Sample], *, max_sm_clock_mhz: float | None, counters
 
 
 class NvmlReader:
-    """Reads one GPU through pynvml (nvidia-ml-py). Raises UnavailableError when NVML cannot answer."""
+    """Reads the GPU this process measures through pynvml (nvidia-ml-py): the CUDA device in use, found in NVML by
+    UUID (fluxperf.env.gpu_identity), never NVML index 0 (which ignores CUDA_VISIBLE_DEVICES).
 
-    def __init__(self, index: int = 0):
+    Raises:
+        UnavailableError: nvidia-ml-py missing, or NVML cannot find the device.
+    """
+
+    def __init__(self, identity=None):
+        from ..env import gpu_identity, nvml_handle
+        from ..errors import UnavailableError
         from ..optional import require
 
         self.nvml = require("pynvml")
-        self.nvml.nvmlInit()
-        self.handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+        self.identity = identity if identity is not None else gpu_identity()
+        self.handle = nvml_handle(self.identity)
+        if self.handle is None:
+            raise UnavailableError("NVML", f"no NVML device for {self.identity}", "install nvidia-ml-py and run on "
+                                   "the GPU's host (the UUID must be visible to NVML)")
         self.max_sm_clock_mhz = float(self.nvml.nvmlDeviceGetMaxClockInfo(self.handle, self.nvml.NVML_CLOCK_SM))
 
     def read(self) -> Sample:
@@ -159,7 +169,8 @@ class GpuMonitor:
     """Context manager sampling the GPU in a background thread.
 
     Args:
-        reader: an object with read() -> Sample, counters() -> dict and max_sm_clock_mhz; None: NvmlReader(0),
+        reader: an object with read() -> Sample, counters() -> dict and max_sm_clock_mhz; None: NvmlReader() of
+            the CUDA device in use,
             or an "unavailable" summary when NVML cannot be used.
         interval_s: sampling period.
 
@@ -222,7 +233,7 @@ def _default_reader(monitor: GpuMonitor):
     from ..errors import UnavailableError
 
     try:
-        return NvmlReader(0)
+        return NvmlReader()
     except UnavailableError as exc:
         monitor.unavailable = str(exc)
     except Exception as exc:  # pynvml.NVMLError has no importable base here; record it, never hide it

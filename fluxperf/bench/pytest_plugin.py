@@ -1,21 +1,22 @@
-"""pytest plugin: per-GPU baseline storage, GPU machine info, the decision rule's verdicts and exit statuses.
+"""pytest plugin: per-GPU baseline storage, GPU machine info, the judge's verdict and exit statuses.
 
 Loaded from the root conftest (`pytest_plugins = ["fluxperf.bench.pytest_plugin"]`). Importing it is cheap (no
-torch, no CUDA), and it does nothing unless a --benchmark-{compare,save,autosave,json} option is given on a
-machine with a GPU (NVML answers, or $FLUXPERF_GPU_NAME names one):
+torch, no CUDA). With a --benchmark-{compare,save,autosave,json} option:
 
-* before pytest-benchmark configures itself, --benchmark-storage (if left at its default) becomes
-  baselines/<gpu-slug>/ and a bare --benchmark-compare means baselines/<gpu-slug>/0001_baseline.json;
-* no baseline for this GPU: comparison is skipped with a message naming the command that creates one;
-  a corrupt baseline, or one from another GPU, stops the run with exit status 12;
+* the GPU is the CUDA device in use (fluxperf.env.gpu_identity: torch, NVML by UUID; $FLUXPERF_GPU_NAME
+  overrides). --benchmark-storage (if left at its default) becomes baselines/<gpu-slug>/ and a bare
+  --benchmark-compare means baselines/<gpu-slug>/0001_baseline.json;
 * --benchmark-save/--benchmark-autosave into baselines/ are refused (baselines change only through
   `fluxperf baseline update`);
-* `pytest_benchmark_update_machine_info` adds GPU name, capability, driver, CUDA and the versions of torch,
-  torchao, diffusers, FA3 and cache-dit;
-* benchmarks report their verdicts with `judge()`; at the end the exit status is 0 (pass), 10 (regression) or
-  11 (inconclusive) when the tests themselves passed. With --benchmark-compare-fail on the command line,
-  pytest-benchmark's own check decides instead (verdicts are still printed).
-* --perf-group NAME selects one group of the perf tier (see GROUPS).
+* `pytest_benchmark_update_machine_info` adds the GPU identity and package versions; the run JSON records the
+  benchmarks this session selected (`fluxperf.selected`), so an offline check knows which did not run;
+* benchmarks report their records with `judge()`; at the end fluxperf.bench.judge turns them into one Verdict,
+  printed before anything else is written, and its exit status replaces 0 (see judge.py for the table:
+  10 regression, 11 inconclusive, 12 baseline error, 13 no baseline, 14 nothing measured). With
+  --benchmark-compare-fail on the command line, pytest-benchmark's own check decides instead.
+
+Independently of benchmarks: --perf-group NAME selects one group of the perf tier (see GROUPS), and a GPU tier
+(`-m gpu`, or --fluxperf-require-tests) where no test ran at all exits 14, never 0.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from . import EXIT_BASELINE_ERROR, EXIT_INCONCLUSIVE, EXIT_REGRESSION
+from .judge import ALLOW_MISSING_FLAG, EXIT_STATUS, NOT_MEASURED, Verdict
 
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default --benchmark-storage
+EXIT_REPORT_ERROR = 15  # the verdict passed but --fluxperf-report could not be written
 
-# Perf-tier groups: each runs cold in under 9 minutes on one H100 (see perf/README.md for the budgets).
+# Perf-tier groups: each runs cold in under 9 minutes on one H100/H200 (see perf/README.md for the budgets).
 GROUPS = {
     "base": "bf16 eager transformer step; VAE decode eager, compiled, compiled channels_last",
     "compile": "compile and fused_qkv rungs (regional compile, ~25 s each)",
@@ -44,7 +46,6 @@ GROUPS = {
     "kontext": "FLUX.1 Kontext (twice the image tokens): transformer step and 28-step image, compiled",
 }
 _KEY = pytest.StashKey["FluxperfState"]()
-_EXIT_BY_OUTCOME = {"regression": EXIT_REGRESSION, "inconclusive": EXIT_INCONCLUSIVE}
 
 
 @dataclass
@@ -52,42 +53,36 @@ class FluxperfState:
     """What the plugin knows during a session (reachable from tests via state_of(config))."""
 
     active: bool = False
-    gpu_name: str | None = None
-    slug: str | None = None
+    comparing: bool = False
+    gpu: object | None = None  # env.GpuIdentity
     root: Path | None = None
     baseline: dict | None = None
     baseline_path: Path | None = None
     no_baseline_message: str | None = None
+    allow_missing_baseline: bool = False
     compare_fail_override: bool = False
     kernel_tables: bool = False
     report_dir: str | None = None
     comparisons: list = field(default_factory=list)
-    missing: list = field(default_factory=list)
-    outcome: str | None = None
+    measured: list[str] = field(default_factory=list)
+    selected: list[str] = field(default_factory=list)
+    verdict: Verdict | None = None
     report_paths: dict = field(default_factory=dict)
+    report_error: str | None = None
+    nothing_ran: str | None = None
+    tests_ran: int = 0
     _fingerprint: dict | None = None
 
-    def baseline_benchmark(self, fullname: str) -> dict | None:
-        if not self.baseline:
-            return None
-        return next((b for b in self.baseline["benchmarks"] if b["fullname"] == fullname), None)
-
-    def thresholds(self, fullname: str) -> dict:
-        return ((self.baseline or {}).get("fluxperf", {}).get("thresholds") or {}).get(fullname, {})
-
-    def baseline_fingerprint(self) -> dict:
-        return (self.baseline or {}).get("machine_info", {}).get("fluxperf") or {}
+    @property
+    def slug(self) -> str | None:
+        return self.gpu.slug if self.gpu is not None else None
 
     def current_fingerprint(self) -> dict:
         if self._fingerprint is None:
             from .baseline import machine_fingerprint
 
-            self._fingerprint = machine_fingerprint()
+            self._fingerprint = machine_fingerprint(self.gpu)
         return self._fingerprint
-
-    def note_missing(self, fullname: str) -> None:
-        if self.baseline is not None:
-            self.missing.append(fullname)
 
 
 def state_of(config) -> FluxperfState:
@@ -95,12 +90,8 @@ def state_of(config) -> FluxperfState:
     return config.stash.setdefault(_KEY, FluxperfState())
 
 
-def record_comparison(config, comparison) -> None:
-    state_of(config).comparisons.append(comparison)
-
-
 def judge(config, current: dict, *, remeasure=None):
-    """Compare a benchmark record with this GPU's baseline and record the verdict; None without a baseline.
+    """Record one benchmark's measurement and compare it with this GPU's baseline; None without a baseline record.
 
     Args:
         config: the pytest config.
@@ -108,24 +99,16 @@ def judge(config, current: dict, *, remeasure=None):
         remeasure: optional callable returning a fresh record (same shape); called once when the first verdict
             is a regression or an invalid (throttled) measurement, and the second verdict decides.
     """
-    from .compare import compare_records
+    from .judge import compare_one
 
     state = state_of(config)
-    base = state.baseline_benchmark(current["fullname"])
-    if base is None:
-        state.note_missing(current["fullname"])
+    state.measured.append(current["fullname"])
+    if state.baseline is None:
         return None
-    kwargs = dict(thresholds=state.thresholds(current["fullname"]), current_fp=state.current_fingerprint(),
-                  baseline_fp=state.baseline_fingerprint())
-    verdict = compare_records(current, base, **kwargs)
-    if remeasure is not None and (verdict.outcome == "regression" or verdict.invalid):
-        second = remeasure()
-        first = verdict
-        verdict = compare_records(second, base, **kwargs)
-        current.setdefault("extra_info", {})["remeasure"] = {"first": first.to_dict(),
-                                                              "samples_s": list(second["stats"]["data"])}
-    record_comparison(config, verdict)
-    return verdict
+    comparison = compare_one(current, state.baseline, current_fp=state.current_fingerprint(), remeasure=remeasure)
+    if comparison is not None:
+        state.comparisons.append(comparison)
+    return comparison
 
 
 # -- hooks -----------------------------------------------------------------------------------------------
@@ -138,7 +121,11 @@ def pytest_addoption(parser):
     group.addoption("--fluxperf-kernel-tables", action="store_true", default=False,
                     help="store a kernel table per benchmark in extra_info (for `fluxperf baseline update`)")
     group.addoption("--fluxperf-report", default=None, metavar="DIR",
-                    help="write report.md, report.csv and report-ladder.png (current vs baseline) into DIR")
+                    help="write report.md, report.csv, report.json and report-ladder.png (current vs baseline) into DIR")
+    group.addoption(ALLOW_MISSING_FLAG, action="store_true", default=False,
+                    help="a GPU or benchmark without a baseline passes (printed in the summary) instead of exit 13")
+    group.addoption("--fluxperf-require-tests", action="store_true", default=False,
+                    help="exit 14 when no test ran (all skipped or deselected); implied by -m selecting gpu tests")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's (trylast) configure reads the storage option
@@ -147,14 +134,19 @@ def pytest_configure(config):
     state = state_of(config)
     state.kernel_tables = bool(config.getoption("fluxperf_kernel_tables"))
     state.report_dir = config.getoption("fluxperf_report")
+    state.allow_missing_baseline = bool(config.getoption("allow_missing_baseline"))
     if not _benchmarks_requested(config):
         return
-    from .baseline import detect_gpu_name
+    from .baseline import detect_gpu
 
-    name = detect_gpu_name()
-    if not name:
+    state.active = True
+    opt = config.option
+    state.comparing = bool(opt.benchmark_compare or opt.benchmark_compare_fail)
+    state.gpu = detect_gpu()
+    if state.gpu is None:  # nothing can be measured here; --benchmark-compare then ends "not measured"
+        opt.benchmark_compare, opt.benchmark_compare_fail = [], None
         return
-    _configure_storage(config, state, name)
+    _configure_storage(config, state)
 
 
 def _benchmarks_requested(config) -> bool:
@@ -163,13 +155,11 @@ def _benchmarks_requested(config) -> bool:
                                                  "benchmark_autosave", "benchmark_json"))
 
 
-def _configure_storage(config, state: FluxperfState, gpu_name: str) -> None:
-    from ..env import gpu_slug
+def _configure_storage(config, state: FluxperfState) -> None:
     from ..errors import BaselineError
     from .baseline import CREATE_COMMAND, ROOT_ENV, baseline_path, load_baseline
 
     opt = config.option
-    state.active, state.gpu_name, state.slug = True, gpu_name, gpu_slug(gpu_name)
     state.root = Path(config.getoption("fluxperf_baselines") or os.environ.get(ROOT_ENV)
                       or config.rootpath / "baselines").resolve()
     if getattr(opt, "benchmark_storage", None) == DEFAULT_STORAGE:
@@ -179,32 +169,52 @@ def _configure_storage(config, state: FluxperfState, gpu_name: str) -> None:
                 "--benchmark-save/--benchmark-autosave would write into the baselines directory "
                 f"{state.root / state.slug}; baselines change only by an explicit command. Fix: run with "
                 "--benchmark-json=run.json, then `fluxperf baseline update run.json`.")
+        _storage_location_anywhere(config)
     state.compare_fail_override = bool(getattr(opt, "benchmark_compare_fail", None))
-    if not (opt.benchmark_compare or opt.benchmark_compare_fail):
+    if not state.comparing:
         return
     path = baseline_path(state.slug, state.root)
     if not path.exists():
         state.no_baseline_message = (
-            f"fluxperf: no baseline for GPU {gpu_name!r} (expected {path}); comparison skipped. Create one with: "
-            f"{CREATE_COMMAND}   (or: pytest -m gpu perf --benchmark-json=run.json && fluxperf baseline update run.json)")
+            f"no baseline for GPU {state.gpu.name!r} (expected {path}): nothing was compared. Create one with: "
+            f"{CREATE_COMMAND}   (or: pytest -m gpu perf --benchmark-json=run.json && fluxperf baseline update "
+            f"run.json); to let a missing baseline pass, add {ALLOW_MISSING_FLAG}")
         opt.benchmark_compare, opt.benchmark_compare_fail = [], None
         state.compare_fail_override = False
         return
     try:
         state.baseline = load_baseline(path, expected_slug=state.slug)
     except BaselineError as exc:
-        pytest.exit(f"fluxperf baseline error: {exc}", returncode=EXIT_BASELINE_ERROR)
+        pytest.exit(f"fluxperf baseline error: {exc}", returncode=EXIT_STATUS["baseline_error"])
     state.baseline_path = path
     if opt.benchmark_compare is True or opt.benchmark_compare == []:
         opt.benchmark_compare = str(path)
+
+
+def _storage_location_anywhere(config) -> None:
+    """pytest-benchmark's FileStorage.location is `path.relative_to(cwd)`, which raises (INTERNALERROR) for
+    baselines outside the working directory ($FLUXPERF_BASELINES=/abs/path, `pytest <repo>/perf` run from
+    elsewhere). Give this session's storage a location that works anywhere; restored at unconfigure."""
+    from pytest_benchmark.storage.file import FileStorage
+
+    original = FileStorage.location
+
+    def location(self) -> str:
+        return os.path.relpath(self.path) if not os.path.relpath(self.path).startswith("..") else str(self.path)
+
+    FileStorage.location = property(location)
+    config.add_cleanup(lambda: setattr(FileStorage, "location", original))
 
 
 def pytest_report_header(config):
     state = state_of(config)
     if not state.active:
         return None
+    if state.gpu is None:
+        return "fluxperf: no GPU found (torch.cuda and NVML): benchmarks cannot measure here"
     where = state.baseline_path or "none"
-    return f"fluxperf: GPU {state.gpu_name!r} -> storage {state.root / state.slug}; baseline: {where}"
+    return (f"fluxperf: GPU {state.gpu.name!r} ({state.gpu.uuid or 'no UUID'}, via {state.gpu.source}) -> storage "
+            f"{state.root / state.slug}; baseline: {where}")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -223,24 +233,68 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+def pytest_collection_finish(session):
+    state_of(session.config).selected = [i.nodeid for i in session.items
+                                         if "benchmark" in getattr(i, "fixturenames", ())]
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fluxperf"] = state_of(config).current_fingerprint()
 
 
-def pytest_sessionfinish(session, exitstatus):
-    from .stats import worst
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["fluxperf"] = {"selected": state_of(config).selected}
 
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and not report.skipped:
+        state_of(item.config).tests_ran += 1
+    return report
+
+
+def _requires_tests(config) -> bool:
+    """A GPU tier (-m selecting gpu tests) or --fluxperf-require-tests: a run where no test ran cannot pass."""
+    if config.getoption("collectonly", False):
+        return False
+    expr = (config.getoption("markexpr", "") or "").replace(" ", "")
+    return bool(config.getoption("fluxperf_require_tests")) or ("gpu" in expr and "notgpu" not in expr)
+
+
+def pytest_sessionfinish(session, exitstatus):
     state = state_of(session.config)
+    if _requires_tests(session.config) and state.tests_ran == 0:
+        state.nothing_ran = (f"no test ran ({session.testscollected} collected: all skipped or deselected) in a "
+                             "tier that must measure something (-m gpu or --fluxperf-require-tests); see the skip "
+                             "reasons above (-rs)")
+    if state.nothing_ran and session.exitstatus in (0, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = EXIT_STATUS[NOT_MEASURED]
+    if state.active and state.comparing:
+        state.verdict = _verdict(state)
+        if not state.compare_fail_override and session.exitstatus == 0:
+            session.exitstatus = state.verdict.exit_status
     if state.report_dir:
-        state.report_paths = _write_reports(session.config, state)
-    if not state.comparisons:
-        return
-    state.outcome = worst([c.outcome for c in state.comparisons])
-    if state.compare_fail_override:
-        return  # --benchmark-compare-fail given: pytest-benchmark's check decides
-    if session.exitstatus == 0 and state.outcome in _EXIT_BY_OUTCOME:
-        session.exitstatus = _EXIT_BY_OUTCOME[state.outcome]
+        try:
+            state.report_paths = _write_reports(session.config, state)
+        except OSError as exc:  # printed after the verdict; the verdict's status stands
+            state.report_error = f"report not written to {state.report_dir}: {exc}"
+            if session.exitstatus == 0:
+                session.exitstatus = EXIT_REPORT_ERROR
+
+
+def _verdict(state: FluxperfState) -> Verdict:
+    if state.gpu is None:
+        return Verdict(measured=0)
+    verdict = Verdict(comparisons=list(state.comparisons), no_baseline_message=state.no_baseline_message,
+                      allow_missing_baseline=state.allow_missing_baseline, measured=len(set(state.measured)))
+    if state.baseline is not None:
+        baselined = {b["fullname"] for b in state.baseline["benchmarks"]}
+        verdict.unbaselined = sorted(set(state.measured) - baselined)
+        verdict.did_not_run = sorted((baselined & set(state.selected)) - set(state.measured))
+    return verdict
 
 
 def _write_reports(config, state: FluxperfState) -> dict:
@@ -249,35 +303,30 @@ def _write_reports(config, state: FluxperfState) -> dict:
 
     bs = getattr(config, "_benchmarksession", None)
     current = [b.as_dict(include_data=True) for b in (bs.benchmarks if bs else []) if b and not b.has_error]
-    if not current:
+    if not current and state.verdict is None:
         return {}
     comparisons = {c.name: c for c in state.comparisons}
     df = build_table(current, benchmarks_by_name(state.baseline) if state.baseline else None, comparisons)
-    return write_reports(df, state.report_dir)
+    return write_reports(df, state.report_dir, verdict=state.verdict)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's summary, which may raise PerformanceRegression
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     state = state_of(config)
-    if not (state.no_baseline_message or state.comparisons or state.report_paths):
-        return
     tr = terminalreporter
+    if state.nothing_ran:
+        tr.section("fluxperf: nothing ran")
+        tr.write_line(f"{state.nothing_ran} (exit status {EXIT_STATUS[NOT_MEASURED]})", red=True)
+    if state.verdict is None and not state.report_paths and not state.report_error:
+        return
     tr.section("fluxperf: comparison against per-GPU baseline")
-    if state.no_baseline_message:
-        tr.write_line(state.no_baseline_message, yellow=True)
-    for c in state.comparisons:
-        if c.outcome == "pass":
-            t = c.checks[0]
-            tr.write_line(f"PASS {c.name}: {c.baseline_median_ms:.2f} -> {c.current_median_ms:.2f} ms "
-                          f"({t.change:+.1%}, threshold {t.threshold:.1%}, {c.decided_by})", green=True)
-        else:
-            tr.write_line(c.message(), red=c.outcome == "regression", yellow=c.outcome == "inconclusive")
-    if state.missing:
-        tr.write_line(f"not in the baseline (not compared): {', '.join(state.missing)}", yellow=True)
-    if state.outcome:
-        code = 0 if state.outcome == "pass" else _EXIT_BY_OUTCOME[state.outcome]
-        how = ("--benchmark-compare-fail decides the exit status" if state.compare_fail_override
-               else f"exit status {code} if all tests passed")
-        tr.write_line(f"fluxperf outcome: {state.outcome.upper()} ({how})", bold=True)
+    if state.verdict is not None:
+        colour = {"pass": "green", "inconclusive": "yellow", "no_baseline": "yellow"}
+        for outcome, text in state.verdict.lines():
+            tr.write_line(text, **{colour.get(outcome, "red"): True})
+        how = ("; --benchmark-compare-fail decides the exit status" if state.compare_fail_override else "")
+        tr.write_line(state.verdict.headline() + how, bold=True)
     for kind, path in state.report_paths.items():
         tr.write_line(f"report ({kind}): {path}")
+    if state.report_error:
+        tr.write_line(state.report_error, red=True)

@@ -16,7 +16,8 @@ import io
 import statistics
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .stats import iqr
 
 COLUMNS = ("benchmark", "param", "baseline_ms", "current_ms", "change_pct", "threshold_pct", "iqr_ms", "rounds",
            "decided_by", "outcome", "tflops", "mfu", "compile_cold_s", "compile_warm_s", "peak_mem_gib",
@@ -48,7 +49,7 @@ def build_table(current: list[dict], baseline: dict[str, dict] | None = None, co
             "baseline_ms": statistics.median(x * 1e3 for x in base["stats"]["data"]) if base else None,
             "current_ms": statistics.median(ms), "change_pct": 100 * time_check["change"] if time_check else None,
             "threshold_pct": 100 * time_check["threshold"] if time_check else None,
-            "iqr_ms": _iqr(ms), "rounds": len(ms), "decided_by": comp["decided_by"] if comp else None,
+            "iqr_ms": iqr(ms), "rounds": len(ms), "decided_by": comp["decided_by"] if comp else None,
             "outcome": comp["outcome"] if comp else "no baseline", "tflops": metrics.get("tflops"),
             "mfu": metrics.get("mfu"), "compile_cold_s": metrics.get("compile_cold_s"),
             "compile_warm_s": metrics.get("compile_warm_s"), "peak_mem_gib": proxies.get("peak_mem_gib"),
@@ -56,13 +57,6 @@ def build_table(current: list[dict], baseline: dict[str, dict] | None = None, co
             "reason": time_check["reason"] if time_check else "",
         })
     return pd.DataFrame(rows, columns=list(COLUMNS))
-
-
-def _iqr(xs: list[float]) -> float:
-    if len(xs) < 2:
-        return 0.0
-    q = statistics.quantiles(xs, n=4, method="inclusive")
-    return q[2] - q[0]
 
 
 def to_markdown(df, *, title: str = "fluxperf benchmarks: current vs baseline", floatfmt: str = "{:.2f}") -> str:
@@ -106,19 +100,24 @@ def ladder_png(df, path: str | Path, *, benchmark_prefix: str = "test_transforme
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())
 
 
-def write_reports(df, out_dir: str | Path, *, stem: str = "report") -> dict[str, Path]:
-    """Write <stem>.md, <stem>.csv and <stem>-ladder.png into out_dir; returns the paths by kind."""
+def write_reports(df, out_dir: str | Path, *, stem: str = "report", verdict=None) -> dict[str, Path]:
+    """Write <stem>.md, <stem>.csv, <stem>-ladder.png and (with a judge.Verdict) <stem>.json into out_dir.
+
+    The markdown ends with the verdict's lines: the outcome, benchmarks that did not run, benchmarks without a
+    baseline. Returns the paths by kind. Raises OSError when out_dir cannot be written (callers print the
+    verdict first).
+    """
     out = Path(out_dir)
     paths = {"markdown": out / f"{stem}.md", "csv": out / f"{stem}.csv", "png": out / f"{stem}-ladder.png"}
-    atomic_write_text(paths["markdown"], to_markdown(df))
+    md = to_markdown(df)
+    if verdict is not None:
+        md += "\n" + "\n".join([f"**{verdict.headline()}**", ""] + [f"- {text}" for _, text in verdict.lines()]) + "\n"
+        paths["json"] = out / f"{stem}.json"
+        atomic_write_json(paths["json"], verdict.to_dict())
+    atomic_write_text(paths["markdown"], md)
     atomic_write_text(paths["csv"], df.to_csv(index=False))
     ladder_png(df, paths["png"])
     return paths

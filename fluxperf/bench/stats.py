@@ -61,6 +61,23 @@ class Decision:
         return asdict(self)
 
 
+def iqr(samples: Sequence[float]) -> float:
+    """Interquartile range Q3 - Q1 of the samples (0 for fewer than 2), the one IQR of fluxperf.
+
+    Quantiles by linear interpolation between order statistics (`statistics.quantiles(method="inclusive")`,
+    numpy's default "linear", Hyndman & Fan type 7): for 100..105, 110 (ms) Q1 = 101.5, Q3 = 104.5.
+
+    Example:
+        >>> iqr([100, 101, 102, 103, 104, 105, 110])
+        3.0
+    """
+    xs = [float(x) for x in samples]
+    if len(xs) < 2:
+        return 0.0
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[2] - q[0]
+
+
 def worst(outcomes: Sequence[str]) -> str:
     """The worst of several outcomes (regression > inconclusive > pass); PASS for none."""
     for name in (REGRESSION, INCONCLUSIVE):

@@ -1,77 +1,108 @@
-"""`fluxperf baseline update|show|check`: the only way baselines change, and offline checks against them.
+"""`fluxperf baseline ...`: the only way the files of baselines/<gpu-slug>/ change, and offline checks against them.
 
-    fluxperf baseline update RUN.json [RUN2.json ...]   merge runs into baselines/<gpu-slug>/0001_baseline.json
-    fluxperf baseline show [--gpu SLUG]                   list the stored benchmarks, thresholds and provenance
-    fluxperf baseline check RUN.json [--report DIR]       the decision rule on a stored run; exit 0/10/11/12
+    fluxperf baseline update RUN.json [RUN2.json ...]    merge runs into baselines/<gpu-slug>/0001_baseline.json
+    fluxperf baseline remove --gpu SLUG BENCHMARK ...    drop records (e.g. an invalid one that cannot be re-recorded)
+    fluxperf baseline show [--gpu SLUG]                  list the stored benchmarks, thresholds and provenance
+    fluxperf baseline check RUN.json [--report DIR]      the judge on a stored run; exit 0/10/11/12/13/14
+    fluxperf baseline numerics MEASURED.json --gpu SLUG|--family sm90 [...]   derive numerics.json thresholds
 
-Only argument parsing and printing live here; the logic is in fluxperf.bench.
+Only argument parsing and printing live here; the logic is in fluxperf.bench and fluxperf.thresholds.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
-import statistics
 import sys
-from pathlib import Path
+
+from ._numerics import register_numerics
 
 
 def register(subparsers) -> None:
     """Add `fluxperf baseline ...` to the parser."""
-    p = subparsers.add_parser("baseline", help="per-GPU benchmark baselines: update (explicitly), show, check")
+    p = subparsers.add_parser("baseline", help="per-GPU baselines: update, remove, show, check, numerics")
     verbs = p.add_subparsers(dest="baseline_command", required=True)
     up = verbs.add_parser("update", help="merge pytest --benchmark-json runs into baselines/<gpu-slug>/ (atomic)")
     up.add_argument("runs", nargs="+", help="--benchmark-json files of one GPU; repeated runs set the thresholds")
     _root_arg(up)
     up.set_defaults(func=cmd_update)
+    rm = verbs.add_parser("remove", help="drop benchmarks (and their kernel tables) from a GPU's baseline")
+    rm.add_argument("benchmarks", nargs="+", help="full node ids, e.g. 'perf/test_ladder.py::test_transformer_step[bf16]'")
+    rm.add_argument("--gpu", required=True, help="GPU slug, e.g. nvidia-h100-80gb-hbm3")
+    _root_arg(rm)
+    rm.set_defaults(func=cmd_remove)
     show = verbs.add_parser("show", help="print a baseline's benchmarks, thresholds and provenance")
     show.add_argument("--gpu", help="GPU slug (default: the GPU of this machine)")
     _root_arg(show)
     show.set_defaults(func=cmd_show)
     check = verbs.add_parser("check", help="judge stored runs against the baseline; exit 0 pass, 10 regression, "
-                                           "11 inconclusive, 12 baseline error")
-    check.add_argument("runs", nargs="+", help="--benchmark-json files")
-    check.add_argument("--report", metavar="DIR", help="write report.md, report.csv and report-ladder.png here")
+                                           "11 inconclusive, 12 baseline error, 13 no baseline, 14 nothing measured")
+    check.add_argument("runs", nargs="+", help="--benchmark-json files (one GPU)")
+    check.add_argument("--report", metavar="DIR", help="write report.md, report.csv, report.json, report-ladder.png")
+    check.add_argument("--allow-missing-baseline", action="store_true",
+                       help="a GPU or benchmark without a baseline passes (said in the output) instead of exit 13")
     _root_arg(check)
     check.set_defaults(func=cmd_check)
+    register_numerics(verbs, _root_arg)
 
 
 def _root_arg(p) -> None:
     p.add_argument("--root", default=None, help="baselines root (default $FLUXPERF_BASELINES or ./baselines)")
 
 
-def cmd_update(args) -> int:
+def _error(exc) -> int:
     from fluxperf.bench import EXIT_BASELINE_ERROR
-    from fluxperf.bench.baseline import update_baseline
+
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_BASELINE_ERROR
+
+
+def cmd_update(args) -> int:
+    from fluxperf.bench.baseline_update import update_baseline
     from fluxperf.errors import BaselineError
 
     command = "fluxperf baseline update " + " ".join(shlex.quote(r) for r in args.runs)
     try:
         written = update_baseline(args.runs, root=args.root, command=command)
-    except BaselineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BASELINE_ERROR
+    except (BaselineError, TimeoutError) as exc:
+        return _error(exc)
     for path in written:
         print(f"wrote {path}")
     return 0
 
 
-def cmd_show(args) -> int:
-    from fluxperf.bench import EXIT_BASELINE_ERROR
-    from fluxperf.bench.baseline import baseline_path, detect_gpu_name, load_baseline
-    from fluxperf.env import gpu_slug
+def cmd_remove(args) -> int:
+    from fluxperf.bench.baseline_update import remove_benchmarks
     from fluxperf.errors import BaselineError
 
-    slug = args.gpu or gpu_slug(detect_gpu_name())
+    command = f"fluxperf baseline remove --gpu {args.gpu} " + " ".join(shlex.quote(b) for b in args.benchmarks)
+    try:
+        written = remove_benchmarks(args.gpu, args.benchmarks, root=args.root, command=command)
+    except (BaselineError, TimeoutError) as exc:
+        return _error(exc)
+    print(f"removed {len(args.benchmarks)} benchmark(s); wrote {written[0]}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    import json
+    import statistics
+
+    from fluxperf.bench import EXIT_NO_BASELINE
+    from fluxperf.bench.baseline import CREATE_COMMAND, baseline_path, detect_gpu, load_baseline
+    from fluxperf.errors import BaselineError
+
+    slug = args.gpu or getattr(detect_gpu(), "slug", None)
+    if slug is None:
+        print("error: no GPU on this machine; pass --gpu SLUG (see baselines/)", file=sys.stderr)
+        return 2
     path = baseline_path(slug, args.root)
     if not path.exists():
-        print(f"no baseline at {path}")
-        return 0
+        print(f"no baseline at {path}. Create one with: {CREATE_COMMAND}")
+        return EXIT_NO_BASELINE
     try:
         data = load_baseline(path, expected_slug=slug)
     except BaselineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BASELINE_ERROR
+        return _error(exc)
     meta = data["fluxperf"]
     print(f"baseline {path} (GPU {slug})")
     print("provenance: " + json.dumps({k: meta["provenance"].get(k) for k in ("git_commit", "date", "command")}))
@@ -84,46 +115,47 @@ def cmd_show(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from fluxperf.bench import EXIT_BASELINE_ERROR, EXIT_INCONCLUSIVE, EXIT_REGRESSION
-    from fluxperf.bench.baseline import CREATE_COMMAND, baseline_path, benchmarks_by_name, load_baseline, run_slug
-    from fluxperf.bench.compare import compare_records
-    from fluxperf.bench.stats import worst
+    from fluxperf.bench.baseline import CREATE_COMMAND, baseline_path, load_baseline, load_run, run_slug
+    from fluxperf.bench.judge import judge_run
     from fluxperf.errors import BaselineError
 
     try:
-        runs = [(r, json.loads(Path(r).read_text(encoding="utf8"))) for r in args.runs]
+        runs = [(r, load_run(r)) for r in args.runs]
         slug = run_slug(runs[0][1], runs[0][0])
-        path = baseline_path(slug, args.root)
-        if not path.exists():
-            print(f"no baseline for GPU {slug!r} at {path}; comparison skipped. Create one with: {CREATE_COMMAND}")
-            return 0
-        base = load_baseline(path, expected_slug=slug)
         for src, run in runs[1:]:
-            load_slug = run_slug(run, src)
-            if load_slug != slug:
-                raise BaselineError(f"{src} ran on {load_slug!r}, not {slug!r}: check one GPU at a time.")
-    except (OSError, json.JSONDecodeError, BaselineError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BASELINE_ERROR
-    by_name, meta = benchmarks_by_name(base), base["fluxperf"]
-    comparisons, current = {}, []
-    for _, run in runs:
-        for bench in run.get("benchmarks", []):
-            current.append(bench)
-            ref = by_name.get(bench["fullname"])
-            if ref is None:
-                print(f"not in the baseline (not compared): {bench['fullname']}")
-                continue
-            c = compare_records(bench, ref, thresholds=meta.get("thresholds", {}).get(bench["fullname"]),
-                                current_fp=run.get("machine_info", {}).get("fluxperf"),
-                                baseline_fp=base.get("machine_info", {}).get("fluxperf"))
-            comparisons[c.name] = c
-            print(c.message() if c.outcome != "pass" else f"PASS {c.name}: {c.checks[0].reason} ({c.decided_by})")
-    if args.report:
-        from fluxperf.bench.report import build_table, write_reports
+            if run_slug(run, src) != slug:
+                raise BaselineError(f"{src} ran on {run_slug(run, src)!r}, not {slug!r}: check one GPU at a time.")
+        path = baseline_path(slug, args.root)
+        base = load_baseline(path, expected_slug=slug) if path.exists() else None
+    except BaselineError as exc:
+        return _error(exc)
+    benches = [b for _, run in runs for b in run["benchmarks"]]
+    selected = [n for _, run in runs for n in ((run.get("fluxperf") or {}).get("selected") or [])]
+    missing = None if base else (f"no baseline for GPU {slug!r} at {path}: nothing was compared. Create one with: "
+                                 f"{CREATE_COMMAND}; to let it pass, add --allow-missing-baseline")
+    verdict = judge_run(benches, base, expected=selected or None,
+                        current_fp=runs[0][1]["machine_info"]["fluxperf"], no_baseline_message=missing,
+                        allow_missing_baseline=args.allow_missing_baseline)
+    if not selected and base:
+        print("note: the run records no selection (older run files): every baselined benchmark is expected")
+    for _, text in verdict.lines():
+        print(text)
+    print(verdict.headline())
+    return _report(args.report, benches, base, verdict) if args.report else verdict.exit_status
 
-        for kind, p in write_reports(build_table(current, by_name, comparisons), args.report).items():
-            print(f"report ({kind}): {p}")
-    outcome = worst([c.outcome for c in comparisons.values()])
-    print(f"outcome: {outcome.upper()}")
-    return {"regression": EXIT_REGRESSION, "inconclusive": EXIT_INCONCLUSIVE}.get(outcome, 0)
+
+def _report(out_dir: str, benches: list[dict], base: dict | None, verdict) -> int:
+    """Write the reports after the verdict was printed; a write failure keeps the verdict's status (15 on a pass)."""
+    from fluxperf.bench.baseline import benchmarks_by_name
+    from fluxperf.bench.pytest_plugin import EXIT_REPORT_ERROR
+    from fluxperf.bench.report import build_table, write_reports
+
+    table = build_table(benches, benchmarks_by_name(base) if base else None, {c.name: c for c in verdict.comparisons})
+    try:
+        paths = write_reports(table, out_dir, verdict=verdict)
+    except OSError as exc:
+        print(f"error: report not written to {out_dir}: {exc}", file=sys.stderr)
+        return verdict.exit_status or EXIT_REPORT_ERROR
+    for kind, p in paths.items():
+        print(f"report ({kind}): {p}")
+    return verdict.exit_status

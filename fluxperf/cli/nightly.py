@@ -16,6 +16,7 @@ from pathlib import Path
 DEFAULT_HISTORY = "runs/nightly/history.jsonl"
 EXIT_INSTALL_IMPOSSIBLE = 2
 EXIT_NOTHING_TO_JUDGE = 4
+EXIT_CORRUPT_HISTORY = 12  # the history is a stored record like a baseline: same status as a corrupt baseline
 
 
 def register(subparsers) -> None:
@@ -40,7 +41,7 @@ def _register_history(subparsers) -> None:
     p.add_argument("--date", default=dt.date.today().isoformat(), help="nightly date YYYY-MM-DD (default today)")
     p.add_argument("--run-id", default=os.environ.get("GITHUB_RUN_ID") or dt.datetime.now().strftime("%Y%m%dT%H%M%S"))
     p.add_argument("--attempt", type=int, default=1, help="1 = the nightly, 2+ = confirming re-runs")
-    p.add_argument("--baseline", help="baseline pytest-benchmark JSON file or directory (for the verdicts)")
+    p.add_argument("--baseline", help="baselines/<gpu-slug>/ or its 0001_baseline.json (validated; for the verdicts)")
     p.set_defaults(func=cmd_history_append)
     p = verbs.add_parser("plot", help="per-benchmark trend PNGs across nightlies")
     _history_arg(p)
@@ -71,7 +72,7 @@ def _register_explain(subparsers) -> None:
     p.add_argument("--benchmark", required=True, help="benchmark name (its full node id)")
     base = p.add_mutually_exclusive_group(required=True)
     base.add_argument("--baseline-table", help="baseline kernel table CSV")
-    base.add_argument("--baseline-dir", help="directory of kernel tables named by kernel_table_path")
+    base.add_argument("--baseline-dir", help="baselines/<gpu-slug>/ (or its kernels/): the tables its baseline names")
     cur = p.add_mutually_exclusive_group(required=True)
     cur.add_argument("--current-table", help="current kernel table CSV")
     cur.add_argument("--current-dir", help="directory of current kernel tables named by kernel_table_path")
@@ -121,27 +122,49 @@ def _register_nightly(subparsers) -> None:
 
 
 def cmd_history_append(args) -> int:
-    from fluxperf.nightly.history import append_entries, entries_from_benchmark_json, load_baselines
+    from fluxperf.bench import EXIT_BASELINE_ERROR
+    from fluxperf.bench.baseline import BASELINE_NAME, load_baseline, load_run
+    from fluxperf.errors import BaselineError
+    from fluxperf.nightly.history import append_entries, baseline_id, entries_from_benchmark_json
 
-    baselines, baseline_id, thresholds = load_baselines(args.baseline) if args.baseline else ({}, None, {})
+    path = Path(args.baseline) if args.baseline else None
+    if path is not None and path.is_dir():
+        path = path / BASELINE_NAME
+    try:
+        baseline = load_baseline(path) if path is not None and path.exists() else None
+        docs = [load_run(p) for p in args.records]
+    except BaselineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BASELINE_ERROR
     entries = []
-    for path in args.records:
-        doc = json.loads(Path(path).read_text())
+    for doc in docs:
         entries += entries_from_benchmark_json(doc, date=args.date, run_id=args.run_id, attempt=args.attempt,
-                                               baselines=baselines, baseline_id=baseline_id, thresholds=thresholds)
+                                               baseline=baseline, baseline_id=baseline_id(path) if path else None)
     count = append_entries(args.history, entries)
-    flagged = [e["benchmark"] for e in entries if e["verdict"] == "regressed"]
+    flagged = [e["benchmark"] for e in entries if e["verdict"] == "regression"]
     print(f"appended {count} entries for nightly {args.date} (attempt {args.attempt}) to {args.history}; "
-          f"regressed vs baseline: {flagged or 'none'}")
+          f"regression vs baseline: {flagged or 'none'}")
     return 0
+
+
+def _history(path: str) -> list[dict] | None:
+    """The history's entries; None (after printing the named error) when a line is corrupt."""
+    from fluxperf.nightly.history import load_history
+
+    try:
+        return load_history(path)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_history_plot(args) -> int:
     from fluxperf.nightly.changepoint import detect_changes
-    from fluxperf.nightly.history import load_history
     from fluxperf.nightly.trends import plot_trends
 
-    entries = load_history(args.history)
+    entries = _history(args.history)
+    if entries is None:
+        return EXIT_CORRUPT_HISTORY
     if not entries:
         print(f"no history at {args.history}", file=sys.stderr)
         return 1
@@ -153,15 +176,17 @@ def cmd_history_plot(args) -> int:
 
 def cmd_history_changepoints(args) -> int:
     from fluxperf.nightly.changepoint import detect_changes
-    from fluxperf.nightly.history import load_history
 
-    found = detect_changes(load_history(args.history), alpha=args.alpha, min_rel_change=args.min_rel_change,
+    entries = _history(args.history)
+    if entries is None:
+        return EXIT_CORRUPT_HISTORY
+    found = detect_changes(entries, alpha=args.alpha, min_rel_change=args.min_rel_change,
                            min_size=args.min_size)
     for name, cps in sorted(found.items()):
         for cp in cps:
             print(f"{name}: {cp.rel_change:+.1%} step began at {cp.label} (p={cp.p_value:.3g})")
     if args.json:
-        from fluxperf.nightly._io import atomic_write
+        from fluxperf.io import atomic_write_text as atomic_write
 
         atomic_write(args.json, json.dumps({k: [c.to_dict() for c in v] for k, v in found.items()}, indent=2))
     if not any(found.values()):
@@ -170,11 +195,12 @@ def cmd_history_changepoints(args) -> int:
 
 
 def cmd_history_confirm(args) -> int:
-    from fluxperf.nightly._io import atomic_write
+    from fluxperf.io import atomic_write_text as atomic_write
     from fluxperf.nightly.confirm import confirm
-    from fluxperf.nightly.history import load_history
 
-    entries = load_history(args.history)
+    entries = _history(args.history)
+    if entries is None:
+        return EXIT_CORRUPT_HISTORY
     if not any(e["date"] == args.date for e in entries):
         print(f"no records for nightly {args.date} in {args.history}: nothing to judge", file=sys.stderr)
         if args.names_out:
@@ -190,8 +216,8 @@ def cmd_history_confirm(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from fluxperf.nightly._io import atomic_write
-    from fluxperf.nightly.kernels import (
+    from fluxperf.bench.baseline import kernel_table_file
+    from fluxperf.bench.kernels import (
         compare_kernel_tables,
         kernel_table_path,
         load_kernel_table,
@@ -199,8 +225,9 @@ def cmd_explain(args) -> int:
         to_markdown,
         totals,
     )
+    from fluxperf.io import atomic_write_text as atomic_write
 
-    base = load_kernel_table(args.baseline_table or kernel_table_path(args.baseline_dir, args.benchmark))
+    base = load_kernel_table(args.baseline_table or kernel_table_file(args.baseline_dir, args.benchmark))
     if args.target:
         current = profile_kernel_table(_load_target(args.target)())
     elif args.current_json:
@@ -220,8 +247,8 @@ def cmd_explain(args) -> int:
 
 
 def _table_from_json(paths: list[str], benchmark: str):
+    from fluxperf.bench.kernels import table_from_records
     from fluxperf.nightly.history import benchmark_key
-    from fluxperf.nightly.kernels import table_from_records
 
     for path in paths:
         for bench in json.loads(Path(path).read_text()).get("benchmarks") or []:
@@ -284,13 +311,17 @@ def cmd_nightly_install(args) -> int:
 
 
 def cmd_nightly_summary(args) -> int:
-    from fluxperf.nightly._io import atomic_write
+    from fluxperf.io import atomic_write_text as atomic_write
     from fluxperf.nightly.changepoint import detect_changes
     from fluxperf.nightly.confirm import confirm
-    from fluxperf.nightly.history import load_history
     from fluxperf.nightly.report import nightly_summary
 
-    entries = load_history(args.history)
+    entries = _history(args.history)
+    if entries is None:  # still write a summary: the nightly must say why it has no verdicts
+        atomic_write(args.out, f"# fluxperf nightly {args.date}\n\n- **history {args.history} is corrupt**: see "
+                               "the nightly log; nothing could be judged\n" + "".join(f"- note: {n}\n" for n in args.note))
+        print(f"wrote {args.out}")
+        return EXIT_CORRUPT_HISTORY
     tonight = any(e["date"] == args.date for e in entries)
     explanations = {p.stem: p.read_text() for p in sorted(Path(args.explain_dir).glob("*.md"))} \
         if args.explain_dir and Path(args.explain_dir).is_dir() else {}

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..bench.budget import time_budget, to_markdown
     from ..bench.flops import step_flops
-    from ..nightly.kernels import load_kernel_table
+    from ..bench.kernels import load_kernel_table
     from ..errors import FluxperfError
 
     try:
@@ -89,7 +89,7 @@ def _profile_rung(args):
     import torch
 
     from ..apply import apply
-    from ..nightly.kernels import profile_kernel_table
+    from ..bench.kernels import profile_kernel_table
     from ..ladder import recipe_from
     from ..model_configs import VARIANT_DEFAULTS, dims_of_pipeline
     from ..models import build_pipeline

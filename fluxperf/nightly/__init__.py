@@ -1,16 +1,15 @@
 """Nightly GPU CI support: history of nightly benchmark records, trend plots, change-point detection,
-regression confirmation, the kernel-table regression explainer and the nightly bisect helper.
+regression confirmation and the nightly bisect helper. Every verdict comes from the one judge in fluxperf.bench
+(judge, stats, kernels); this package imports from bench, never the other way.
 
 Nothing here imports torch, torchao or matplotlib at import time; each module imports what it needs inside
 the functions that need it.
 
 Modules:
-    decide       the good/bad rule shared by confirmation and bisect (swap for fluxperf.bench.stats later)
     history      the JSONL history file: records from pytest-benchmark JSON, atomic append, loading
     changepoint  E-Divisive means change-point detection over a benchmark's nightly series
     confirm      one noisy night does not page anyone: a regression needs a second bad nightly or re-run
     trends       per-benchmark trend PNGs across nightlies
-    kernels      per-kernel CUDA time tables (torch.profiler) and their comparison
     install      nightly wheel index: reachability probe, version lists, pip installs
     bisect       binary search over nightlies for the first bad one
     report       the markdown summary of one nightly

@@ -2,7 +2,7 @@
 
 The good nightly is measured first, on the same machine, as the reference (A/B on one machine, as
 Chromium Pinpoint does); then a lower-bound binary search over the later nightlies measures only what it
-must. Every probe is judged by `fluxperf.nightly.decide.decide` (the CI rule) on per-round samples, or by
+must. Every probe is judged by `fluxperf.bench.stats.decide` (the CI rule, the one judge's timing rule) on per-round samples, or by
 pass/fail for a plain test. For a monotone history of n nightlies (first one good) this takes at most
 ceil(log2 n) + 1 measurements, and the reported first bad nightly has always been measured itself.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .decide import decide
+from ..bench.stats import FLOOR, INCONCLUSIVE, REGRESSION, decide
 from .install import InstallError
 
 
@@ -77,8 +77,10 @@ def judge(reference: Measurement, current: Measurement, **decide_kwargs) -> tupl
         return "bad", f"test failed {current.detail}".strip()
     if not (reference.samples_ms and current.samples_ms):
         return "good", "test passed"
-    d = decide(reference.samples_ms, current.samples_ms, **decide_kwargs)
-    outcome = {"regressed": "bad", "inconclusive": "inconclusive"}.get(d.verdict, "good")
+    threshold = decide_kwargs.get("rel_threshold") or FLOOR
+    alpha = {"alpha": decide_kwargs["alpha"]} if decide_kwargs.get("alpha") else {}
+    d = decide(list(reference.samples_ms), list(current.samples_ms), threshold=threshold, **alpha)
+    outcome = {REGRESSION: "bad", INCONCLUSIVE: "inconclusive"}.get(d.outcome, "good")
     return outcome, d.reason
 
 
@@ -95,7 +97,7 @@ def bisect_versions(versions: Sequence[str], *, install: Callable[[str], None],
         reference: judge against this measurement instead of measuring versions[0] (e.g. a stored baseline).
         max_repeats: extra measurements pooled into an inconclusive probe before it is called good.
         log: receives one line per probe (progress).
-        **decide_kwargs: rel_threshold / alpha for decide().
+        **decide_kwargs: rel_threshold (default stats.FLOOR) / alpha (default stats.ALPHA) for stats.decide().
     """
     if len(versions) < 2:
         raise ValueError(f"need the good and the bad nightly at least; got {list(versions)}.")

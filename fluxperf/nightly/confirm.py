@@ -1,10 +1,10 @@
 """Regression confirmation: one noisy night does not page anyone.
 
-A benchmark flagged "regressed" on a nightly is CONFIRMED when either
-  * a confirming re-run of the same nightly (attempt 2, 3, ...) is also "regressed", or
-  * the previous nightly in the history (the last earlier date with this benchmark) ended "regressed"
+A benchmark judged "regression" on a nightly is CONFIRMED when either
+  * a confirming re-run of the same nightly (attempt 2, 3, ...) is also "regression", or
+  * the previous nightly in the history (the last earlier date with this benchmark) ended "regression"
     (PyTorch HUD's rule: two consecutive bad points).
-It is CLEARED when a later attempt of the same nightly is not "regressed", and PENDING when it is the only
+It is CLEARED when a later attempt of the same nightly is not "regression", and PENDING when it is the only
 bad attempt and the previous nightly was fine: the caller re-runs, appends the re-run as the next attempt, and
 asks again. `Confirmation.exit_code`: 0 nothing to report, 1 confirmed regression, 3 pending re-run.
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from ..bench.stats import REGRESSION
 
 EXIT_OK, EXIT_CONFIRMED, EXIT_PENDING = 0, 1, 3
 
@@ -66,17 +68,17 @@ def confirm(entries: Iterable[dict], date: str) -> Confirmation:
 
 def _classify(name: str, runs: list[dict], entries: list[dict], date: str) -> BenchmarkStatus:
     verdicts = [r.get("verdict") for r in runs]
-    first_bad = next((i for i, v in enumerate(verdicts) if v == "regressed"), None)
+    first_bad = next((i for i, v in enumerate(verdicts) if v == REGRESSION), None)
     ratio = runs[-1].get("ratio")
     if first_bad is None:
         return BenchmarkStatus(name, "ok", f"verdicts {verdicts}", ratio)
     later = verdicts[first_bad + 1:]
-    if "regressed" in later:
+    if REGRESSION in later:
         return BenchmarkStatus(name, "confirmed", f"regressed again on re-run (verdicts {verdicts})", ratio)
     if later:
         return BenchmarkStatus(name, "cleared", f"re-run did not reproduce it (verdicts {verdicts})", ratio)
     prev = _previous_nightly(entries, name, date)
-    if prev is not None and prev[1] == "regressed":
+    if prev is not None and prev[1] == REGRESSION:
         return BenchmarkStatus(name, "confirmed", f"also regressed on the previous nightly {prev[0]}", ratio)
     return BenchmarkStatus(name, "pending", "first bad result; needs a confirming re-run or a second bad nightly",
                            ratio)

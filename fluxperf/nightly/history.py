@@ -3,7 +3,7 @@
 Each line holds the nightly date, run id and attempt (a confirming re-run is attempt 2 of the same date),
 versions (torch, torchao, ...), GPU, the baseline it was compared with, the median and a summary of the
 per-round samples (the samples themselves, capped, so later decisions can re-test them), and the verdict of
-`decide()` against the baseline.
+the one judge (fluxperf.bench.judge) against the baseline: "pass", "regression" or "inconclusive".
 
 Example:
     >>> entries = entries_from_benchmark_json(json_doc, date="2026-11-22", run_id="n1")  # doctest: +SKIP
@@ -15,13 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from ._io import atomic_write, locked
-from .decide import decide
+from ..bench.stats import INCONCLUSIVE, PASS, REGRESSION, iqr
+from ..io import atomic_write_bytes, locked
 
 SCHEMA = 1
 MAX_SAMPLES = 1000  # per entry; enough for any Mann-Whitney re-test, bounded file growth
@@ -29,9 +30,8 @@ _MS = 1e3  # pytest-benchmark stores seconds
 
 
 def entries_from_benchmark_json(doc: dict, *, date: str, run_id: str, attempt: int = 1,
-                                baselines: dict[str, dict] | None = None, baseline_id: str | None = None,
-                                versions: dict | None = None, gpu: str | None = None,
-                                thresholds: dict[str, dict] | None = None) -> list[dict]:
+                                baseline: dict | None = None, baseline_id: str | None = None,
+                                versions: dict | None = None, gpu: str | None = None) -> list[dict]:
     """History entries (one per benchmark) from one pytest-benchmark JSON document.
 
     Args:
@@ -39,14 +39,14 @@ def entries_from_benchmark_json(doc: dict, *, date: str, run_id: str, attempt: i
         date: the nightly's date, YYYY-MM-DD.
         run_id: identifies this nightly run (e.g. the CI run id).
         attempt: 1 for the nightly, 2+ for confirming re-runs of the same nightly.
-        baselines: benchmark name -> baseline benchmark entry (see `load_baselines`), for the verdict.
-        baseline_id: id of the baseline set (trend plots mark where it changes).
+        baseline: the validated baseline document (fluxperf.bench.baseline.load_baseline), for the verdict.
+        baseline_id: id of the baseline (trend plots mark where it changes; see `baseline_id`).
         versions: package versions; default: machine_info["versions"] or the installed ones.
         gpu: GPU slug; default: machine_info["fluxperf"]["slug"], machine_info["gpu"] or "unknown".
-        thresholds: benchmark -> {"time": relative threshold} (the baseline's "fluxperf" section).
 
     The verdict is the perf tier's own (extra_info["verdict"]["outcome"], written by the fluxperf pytest
-    plugin) when the record has one; otherwise `decide()` against `baselines`; otherwise None.
+    plugin) when the record has one; otherwise the one judge (fluxperf.bench.judge.compare_one) against
+    `baseline`; otherwise None.
     """
     _check_date(date)
     if not isinstance(doc.get("benchmarks"), list) or not doc["benchmarks"]:
@@ -63,7 +63,7 @@ def entries_from_benchmark_json(doc: dict, *, date: str, run_id: str, attempt: i
                  "benchmark": benchmark_key(bench), "group": bench.get("group"), "versions": versions, "gpu": gpu,
                  "git_commit": commit, "baseline_id": baseline_id, **summarize(bench),
                  "extra_info": bench.get("extra_info") or {}}
-        entry.update(_verdict(entry, bench, (baselines or {}).get(entry["benchmark"]), thresholds))
+        entry.update(_verdict(bench, baseline, ours))
         out.append(entry)
     return out
 
@@ -84,39 +84,16 @@ def summarize(bench: dict) -> dict:
         raise ValueError(f"benchmark {bench.get('name')!r} has no per-round samples (stats.data); pytest-benchmark "
                          "keeps them in --benchmark-json output unless --benchmark-skip/--benchmark-disable was used.")
     samples = [float(x) * _MS for x in data]
-    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-    return {"median_ms": statistics.median(samples), "iqr_ms": q[2] - q[0], "mean_ms": statistics.fmean(samples),
+    return {"median_ms": statistics.median(samples), "iqr_ms": iqr(samples), "mean_ms": statistics.fmean(samples),
             "min_ms": min(samples), "max_ms": max(samples),
             "stddev_ms": statistics.stdev(samples) if len(samples) > 1 else 0.0,
             "rounds": len(samples), "samples_ms": samples[:MAX_SAMPLES]}
 
 
-def load_baselines(path: str | os.PathLike) -> tuple[dict[str, dict], str | None, dict[str, dict]]:
-    """(benchmark name -> baseline entry, baseline id, benchmark name -> thresholds) from a baseline file or dir.
-
-    Reads pytest-benchmark JSON files (baselines/<gpu>/0001_baseline.json has a "fluxperf" section with
-    per-benchmark thresholds). Where several files hold the same benchmark, the newest (by the file's
-    "datetime") wins. The id is a short hash of the files' contents, so a changed baseline gets a new id.
-    A missing path gives ({}, None, {}).
-    """
+def baseline_id(path: str | os.PathLike) -> str | None:
+    """A short hash of a baseline file's contents (a changed baseline gets a new id); None when it is absent."""
     path = Path(path)
-    files = sorted(path.rglob("*.json")) if path.is_dir() else ([path] if path.exists() else [])
-    docs = []
-    for file in files:
-        doc = json.loads(file.read_text())
-        if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
-            docs.append((doc.get("datetime") or "", file, doc))
-    if not docs:
-        return {}, None, {}
-    digest = hashlib.sha256()
-    table: dict[str, dict] = {}
-    thresholds: dict[str, dict] = {}
-    for _, file, doc in sorted(docs, key=lambda d: (d[0], str(d[1]))):
-        digest.update(file.read_bytes())
-        thresholds.update((doc.get("fluxperf") or {}).get("thresholds") or {})
-        for bench in doc["benchmarks"]:
-            table[benchmark_key(bench)] = bench
-    return table, digest.hexdigest()[:12], thresholds
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
 
 
 def append_entries(path: str | os.PathLike, entries: Iterable[dict]) -> int:
@@ -131,7 +108,7 @@ def append_entries(path: str | os.PathLike, entries: Iterable[dict]) -> int:
         old = path.read_bytes() if path.exists() else b""
         if old and not old.endswith(b"\n"):
             old += b"\n"
-        atomic_write(path, old + "".join(lines).encode())
+        atomic_write_bytes(path, old + "".join(lines).encode())
     return len(lines)
 
 
@@ -148,10 +125,27 @@ def load_history(path: str | os.PathLike) -> list[dict]:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number} is not valid JSON ({exc.msg}); fix or delete that line.") from None
-        if not isinstance(entry, dict) or "benchmark" not in entry or "date" not in entry:
-            raise ValueError(f"{path}:{number} is not a history entry (needs 'date' and 'benchmark').")
-        entries.append(entry)
+        entries.append(_migrate(entry, f"{path}:{number}"))
     return entries
+
+
+# History lines written before the one judge used the nightly's own verdict words.
+_OLD_VERDICTS = {"regressed": REGRESSION, "unchanged": PASS, "improved": INCONCLUSIVE}
+
+
+def _migrate(entry, where: str) -> dict:
+    """Validate one history line; older lines are migrated (verdict words; median from samples when missing)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("benchmark"), str) or "date" not in entry:
+        raise ValueError(f"{where} is not a history entry (needs 'date' and 'benchmark'). Fix: delete that line.")
+    if entry.get("verdict") in _OLD_VERDICTS:
+        entry["verdict"] = _OLD_VERDICTS[entry["verdict"]]
+    median = entry.get("median_ms")
+    if median is None and entry.get("samples_ms"):
+        entry["median_ms"] = median = statistics.median(entry["samples_ms"])
+    if isinstance(median, bool) or not isinstance(median, (int, float)) or not math.isfinite(median) or median <= 0:
+        raise ValueError(f"{where}: median_ms = {median!r} is not a finite number > 0 and the line has no samples "
+                         "to recompute it from. Fix: delete that line (the nightly re-appends records it can read).")
+    return entry
 
 
 def nightly_series(entries: Iterable[dict], benchmark: str) -> list[dict]:
@@ -179,23 +173,20 @@ def benchmarks(entries: Iterable[dict]) -> list[str]:
     return sorted({e["benchmark"] for e in entries})
 
 
-_TIER_VERDICT = {"regression": "regressed", "inconclusive": "inconclusive", "pass": "unchanged"}
-
-
-def _verdict(entry: dict, bench: dict, baseline: dict | None, thresholds: dict[str, dict] | None) -> dict:
+def _verdict(bench: dict, baseline: dict | None, current_fp: dict) -> dict:
     tier = (bench.get("extra_info") or {}).get("verdict")
-    if isinstance(tier, dict) and tier.get("outcome") in _TIER_VERDICT:
+    if isinstance(tier, dict) and tier.get("outcome") in (PASS, REGRESSION, INCONCLUSIVE):
         base, cur = tier.get("baseline_median_ms"), tier.get("current_median_ms")
-        ratio = cur / base if base and cur else None
-        return {"verdict": _TIER_VERDICT[tier["outcome"]], "ratio": ratio, "p_value": None,
+        return {"verdict": tier["outcome"], "ratio": cur / base if base and cur else None,
                 "reason": f"perf tier: {tier['outcome']} (decided by {tier.get('decided_by', '?')} timings)",
                 "baseline_median_ms": base}
-    if baseline is None:
-        return {"verdict": None, "ratio": None, "p_value": None, "reason": "no baseline for this benchmark"}
-    threshold = ((thresholds or {}).get(entry["benchmark"]) or {}).get("time")
-    d = decide(summarize(baseline)["samples_ms"], entry["samples_ms"], rel_threshold=threshold)
-    return {"verdict": d.verdict, "ratio": d.ratio, "p_value": d.p_value, "reason": d.reason,
-            "baseline_median_ms": d.baseline_median}
+    from ..bench.judge import compare_one
+
+    comparison = compare_one(bench, baseline, current_fp=current_fp) if baseline else None
+    if comparison is None:
+        return {"verdict": None, "ratio": None, "reason": "no baseline for this benchmark"}
+    return {"verdict": comparison.outcome, "ratio": comparison.current_median_ms / comparison.baseline_median_ms,
+            "reason": comparison.deciding()[0].reason, "baseline_median_ms": comparison.baseline_median_ms}
 
 
 def _gpu_slug(machine: dict) -> str:

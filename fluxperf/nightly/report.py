@@ -13,10 +13,11 @@ from pathlib import Path
 from .changepoint import ChangePoint
 from .confirm import Confirmation
 
-# pytest's exit statuses, then the perf tier's (fluxperf.bench): 10 regression, 11 inconclusive, 12 baseline error.
+# pytest's exit statuses, then the one judge's (fluxperf.bench.judge.EXIT_STATUS).
 _TIER_MEANING = {None: "not run", 0: "passed", 1: "tests failed", 2: "interrupted", 3: "internal error",
                  4: "usage error", 5: "no tests collected", 10: "regression flagged", 11: "inconclusive",
-                 12: "baseline error", 127: "command not found"}
+                 12: "baseline error", 13: "no baseline", 14: "nothing measured", 15: "report not written",
+                 127: "command not found"}
 
 
 def nightly_summary(entries: Iterable[dict], date: str, *, tiers: dict[str, int | None] | None = None,

@@ -14,48 +14,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 from collections.abc import Sequence
 
-from ._io import atomic_write
+from ..bench.fakes import H100, fake_run
+from ..bench.fakes import noisy as fakes_noisy
+from ..io import atomic_write_text as atomic_write
 
 
 def benchmark_doc(samples_ms: dict[str, Sequence[float]], *, verdicts: dict[str, str] | None = None,
-                  gpu_slug: str = "nvidia-h100-80gb-hbm3", torch: str = "2.14.0.dev20261122+cu130",
+                  gpu: str = H100, torch: str = "2.14.0.dev20261122+cu130",
                   kernel_tables: dict[str, list[dict]] | None = None) -> dict:
     """A pytest-benchmark JSON document with the given per-round samples (ms) per benchmark full name.
+
+    Built by the one fake-run builder (fluxperf.bench.fakes.fake_run), then decorated as the nightly needs.
 
     Args:
         samples_ms: benchmark full name -> per-round samples in milliseconds (stored in seconds, as pytest-benchmark).
         verdicts: benchmark -> perf-tier outcome ("pass", "regression", "inconclusive") to put in extra_info.
-        gpu_slug, torch: what machine_info.fluxperf says.
+        gpu, torch: the GPU name and torch version machine_info.fluxperf records.
         kernel_tables: benchmark -> kernel-table records to put in extra_info["kernel_table"].
     """
-    benches = []
-    for name, xs in samples_ms.items():
-        data = [x / 1e3 for x in xs]
-        extra: dict = {}
+    doc = fake_run({n: [x / 1e3 for x in xs] for n, xs in samples_ms.items()}, gpu=gpu,
+                   versions={"torch": torch, "torchao": "0.16.0.dev20261122"})
+    for bench in doc["benchmarks"]:
+        name, extra = bench["fullname"], bench["extra_info"]
         if verdicts and name in verdicts:
             extra["verdict"] = {"outcome": verdicts[name], "baseline_median_ms": None,
-                                "current_median_ms": statistics.median(xs), "decided_by": "raw"}
+                                "current_median_ms": statistics.median(samples_ms[name]), "decided_by": "raw"}
         if kernel_tables and name in kernel_tables:
             extra["kernel_table"] = kernel_tables[name]
-        benches.append({"group": None, "name": name.split("::")[-1], "fullname": name, "params": None,
-                        "stats": {"data": data, "median": statistics.median(data), "rounds": len(data),
-                                  "min": min(data), "max": max(data), "mean": statistics.fmean(data)},
-                        "extra_info": extra})
-    return {"machine_info": {"fluxperf": {"slug": gpu_slug, "gpu": {"slug": gpu_slug},
-                                          "versions": {"torch": torch, "torchao": "0.16.0.dev20261122"}}},
-            "commit_info": {"id": "0" * 40}, "benchmarks": benches, "datetime": "2026-11-22T03:00:00",
-            "version": "5.2.3"}
+    return doc
 
 
 def noisy(median: float, rounds: int, *, rel_noise: float = 0.005, seed: int = 0) -> list[float]:
-    """`rounds` samples around `median` with Gaussian relative noise (seeded)."""
-    rng = random.Random(seed)
-    return [median * (1 + rng.gauss(0, rel_noise)) for _ in range(rounds)]
+    """`rounds` samples around `median` with Gaussian relative noise (seeded; fluxperf.bench.fakes.noisy)."""
+    return fakes_noisy(median, rounds, cv=rel_noise, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Per-benchmark trend plots across nightlies (PNG, matplotlib's Agg backend).
 
 Each plot shows the nightly median (with the IQR as an error bar), marks every nightly whose baseline set
-changed (dashed grey line), nightlies flagged "regressed" (red), and change points found by E-Divisive
+changed (dashed grey line), nightlies judged "regression" (red), and change points found by E-Divisive
 (orange line at the first nightly of the new level).
 
 Example:
@@ -14,10 +14,10 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ._io import atomic_write
+from ..bench.kernels import kernel_table_path
+from ..io import atomic_write_bytes
 from .changepoint import ChangePoint
 from .history import benchmarks, nightly_series
-from .kernels import kernel_table_path
 
 
 def plot_trends(entries: Iterable[dict], out_dir: str | os.PathLike, *, names: Sequence[str] | None = None,
@@ -39,7 +39,7 @@ def plot_trends(entries: Iterable[dict], out_dir: str | os.PathLike, *, names: S
     for name in names:
         path = kernel_table_path(out_dir, name).with_suffix(".png")
         png = render_trend(name, nightly_series(entries, name), (changepoints or {}).get(name, []))
-        paths.append(atomic_write(path, png))
+        paths.append(atomic_write_bytes(path, png))
     return paths
 
 
@@ -59,9 +59,9 @@ def render_trend(name: str, points: list[dict], changepoints: Sequence[ChangePoi
     fig = Figure(figsize=(max(6.0, 0.25 * len(points) + 3), 4), dpi=100)
     ax = fig.add_subplot()
     ax.errorbar(xs, ys, yerr=[p["iqr_ms"] / 2 for p in points], fmt="o-", ms=3, lw=1, capsize=2, label="median (IQR)")
-    bad = [i for i, p in enumerate(points) if "regressed" in p["verdicts"]]
+    bad = [i for i, p in enumerate(points) if "regression" in p["verdicts"]]
     if bad:
-        ax.scatter(bad, [ys[i] for i in bad], color="red", zorder=3, label="flagged regressed")
+        ax.scatter(bad, [ys[i] for i in bad], color="red", zorder=3, label="judged regression")
     for i in range(1, len(points)):
         if points[i]["baseline_id"] != points[i - 1]["baseline_id"]:
             ax.axvline(i - 0.5, color="grey", ls="--", lw=1, label=_once(ax, "baseline changed"))

@@ -29,24 +29,37 @@ def numerics_record():
 
 
 @pytest.fixture(scope="session")
-def gpu_slug():
-    from fluxperf.env import gpu_info
+def gpu_identity():
+    """The CUDA device in use (fluxperf.env.gpu_identity); skips without a GPU."""
+    import torch
 
-    info = gpu_info()
-    if info is None:
+    from fluxperf.env import gpu_identity
+
+    if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    return info["slug"]
+    return gpu_identity()
 
 
 @pytest.fixture(scope="session")
-def thresholds(gpu_slug):
-    from fluxperf.thresholds import load, path_for
+def gpu_slug(gpu_identity):
+    return gpu_identity.slug
 
-    path = path_for(SLUG_ROOT, gpu_slug)
-    if not path.exists():
-        pytest.fail(f"no numerics thresholds for this GPU ({gpu_slug}): {path} is missing. Fix: run the tier with "
-                    "FLUXPERF_NUMERICS_RECORD=1 and derive them with scripts/derive_thresholds.py.")
-    return load(path)
+
+@pytest.fixture(scope="session")
+def thresholds(gpu_identity, record_testsuite_property):
+    """This GPU's numerics thresholds, or its architecture family's (baselines/sm90/...); the file used and why
+    are printed and stored as JUnit properties."""
+    from fluxperf.errors import BaselineError
+    from fluxperf.thresholds import lookup
+
+    try:
+        found = lookup(SLUG_ROOT, gpu_identity.name, gpu_identity.family)
+    except BaselineError as exc:
+        pytest.fail(str(exc))
+    record_testsuite_property("numerics_thresholds_file", found.path)
+    record_testsuite_property("numerics_thresholds_why", found.why)
+    print(f"\n[numerics] thresholds: {found.path} ({found.why})")
+    return found
 
 
 @pytest.fixture(scope="session")

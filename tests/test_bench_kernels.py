@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from fluxperf.nightly.kernels import (
+from fluxperf.bench.kernels import (
     compare_kernel_tables,
     kernel_table_path,
     load_kernel_table,
