@@ -244,3 +244,64 @@ def test_reference_fp8_error_band_matches_fa3_measurement():
     assert fp8.relative_error(torch.ops.fluxperf.fa3(q, k, v, None), ref) < 0.005
     plain = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
     assert fp8.relative_error(plain, ref) < 0.005
+
+
+# -- FA3 API drift: keyword names differ between builds ----------------------------------------------------------
+def _emulate(seen, q, k, v, softmax_scale, descales):
+    seen["descales"] = [None if d is None else tuple(d.shape) for d in descales]
+    qf, kf, vf = (fp8.dequantize(t, d) if t.dtype == torch.float8_e4m3fn else t.float()
+                  for t, d in zip((q, k, v), descales))
+    return ops.sdpa_bshd(qf, kf, vf, softmax_scale).to(torch.bfloat16)
+
+
+def _strict_fa3(names=("descale_q", "descale_k", "descale_v")):
+    """A stand-in FA3 build whose flash_attn_func has a real signature (no **kwargs) taking the descales under
+    `names` (None: none at all): an unknown keyword is a TypeError, as with a real build."""
+    seen = {}
+    if names == ("descale_q", "descale_k", "descale_v"):  # earlier flash-attention/hopper builds
+        def flash_attn_func(q, k, v, softmax_scale=None, causal=False, descale_q=None, descale_k=None, descale_v=None):
+            return _emulate(seen, q, k, v, softmax_scale, (descale_q, descale_k, descale_v))
+    elif names == ("q_descale", "k_descale", "v_descale"):  # fa3-fwd, tokenspeed-fa3, current hopper
+        def flash_attn_func(q, k, v, softmax_scale=None, causal=False, q_descale=None, k_descale=None, v_descale=None):
+            return _emulate(seen, q, k, v, softmax_scale, (q_descale, k_descale, v_descale))
+    else:  # a bf16-only build
+        def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+            return _emulate(seen, q, k, v, softmax_scale, (None, None, None))
+    module = types.ModuleType("flash_attn_interface")
+    module.flash_attn_func = flash_attn_func
+    return module, seen
+
+
+@pytest.mark.parametrize("names", [("descale_q", "descale_k", "descale_v"), ("q_descale", "k_descale", "v_descale"),
+                                   None], ids=["old-names", "current-names", "no-descales"])
+def test_fa3_fp8_unscaled_passes_no_descales_to_any_build(names):
+    module, seen = _strict_fa3(names)
+    q, k, v = _qkv(b=2, s=24)
+    out = ops.fa3_fp8_impl(q, k, v, None, False, module=module)  # before: TypeError on the q_descale keyword
+    assert seen["descales"] == [None] * 3 and fp8.relative_error(out, _sdpa_fp32(q, k, v)) < 0.08
+    out = ops.fa3_impl(q, k, v, module=module)
+    assert fp8.relative_error(out, _sdpa_fp32(q, k, v)) < 0.01
+
+
+@pytest.mark.parametrize("names", [("descale_q", "descale_k", "descale_v"), ("q_descale", "k_descale", "v_descale")])
+def test_fa3_fp8_scaled_uses_the_builds_descale_names(names):
+    module, seen = _strict_fa3(names)
+    q, k, v = _qkv(b=2, s=24, h=2)
+    out = ops.fa3_fp8_impl(q, k, v, None, True, module=module)
+    assert seen["descales"] == [(2, 2)] * 3 and fp8.relative_error(out, _sdpa_fp32(q, k, v)) < 0.08
+
+
+def test_fa3_api_reasons_name_module_and_build():
+    from fluxperf.attention.fa3_api import Fa3Api
+
+    api = Fa3Api.of(_strict_fa3(None)[0])
+    assert api.descales is None and api.reason(scaled=False) is None
+    reason = api.reason(scaled=True)
+    assert reason.startswith("flash_attn_interface.flash_attn_func (unknown build")
+    assert "takes no fp8 descales" in reason and "fp8_scaling='unscaled'" in reason
+    assert "(q, k, v, softmax_scale=None, causal=False)" in reason  # the signature it has
+    module = types.ModuleType("flash_attn_interface")
+    module.flash_attn_func = torch.add  # a builtin: nothing to inspect
+    assert "no inspectable signature" in Fa3Api.of(module).reason(scaled=False)
+    module.flash_attn_func = lambda q, k, v, **kw: q  # **kwargs: takes the current names
+    assert Fa3Api.of(module).descales == ("q_descale", "k_descale", "v_descale")

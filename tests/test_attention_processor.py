@@ -98,11 +98,18 @@ def test_fp8_processor_with_fused_qkv_batch2():
 
 
 def test_apply_then_run_uses_the_fp8_op(kontext_b2_bf16, monkeypatch):
-    """The whole path: registry says yes (GPU facts and FA3 pinned), processor installed, op runs (CPU reference)."""
+    """The whole path: registry says yes (GPU facts pinned, a stand-in FA3 module with a current signature),
+    processor installed, op runs (CPU reference)."""
+    import types
+
     transformer, inputs = kontext_b2_bf16
     stock = _run(transformer, inputs)
     monkeypatch.setattr(registry, "_gpu_facts", lambda index: ((9, 0), False, None))
     monkeypatch.setattr(registry, "package_reason", lambda package: None)
+    fa3 = types.ModuleType("fa3_fwd_interface")
+    fa3.flash_attn_func = lambda q, k, v, softmax_scale=None, causal=False, q_descale=None, k_descale=None, \
+        v_descale=None: q
+    monkeypatch.setattr(ops, "fa3_module", lambda: fa3)
     report = apply_attention(transformer, AttentionConfig("fa3_fp8"), device="cuda")
     assert report["op"] == "fluxperf::fa3_fp8" and report["processors"] == 3
     with torch.no_grad():

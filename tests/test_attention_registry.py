@@ -164,7 +164,7 @@ def test_apply_checks_the_override_device(tiny_transformer, fake_fa3, monkeypatc
     assert report == {
         "requested": "fa3_fp8", "backend": "fa3_fp8", "fallback_reason": None, "fp8_scaling": "per_head",
         "processors": 3, "op": "fluxperf::fa3_fp8", "device": "cuda", "dtype": "bfloat16", "head_dim": 16,
-        "fa3_module": "fa3_fwd_interface",
+        "fa3_module": "fa3_fwd_interface", "fa3_build": "unknown build (not from a distribution)",
     }
     monkeypatch.setattr(registry, "_gpu_facts", lambda index: ((8, 0), False, None))  # an A100: no FA3
     report = apply_attention(tiny_transformer, AttentionConfig("fa3_fp8", fallback="sdpa"), device="cuda")
@@ -189,3 +189,23 @@ def test_apply_rejects_bad_inputs(tiny_transformer, monkeypatch):
     monkeypatch.setattr(registry, "_gpu_facts", lambda index: ((9, 0), False, None))
     with pytest.raises(UnavailableError, match="dtype float32: fa3 takes bfloat16 or float16"):
         apply_attention(fp32, AttentionConfig("fa3"), device="cuda")
+
+
+def test_apply_refuses_an_fa3_build_without_descales_for_scaled_fp8(tiny_transformer, fake_fa3, monkeypatch):
+    """FA3 API drift is found at apply time (signature inspected once), not as a TypeError at the first forward."""
+    monkeypatch.setattr(registry, "_gpu_facts", lambda index: ((9, 0), False, None))
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False, descale_q=None, descale_k=None):  # no v descale
+        return q
+
+    fake_fa3.flash_attn_func = flash_attn_func
+    with pytest.raises(UnavailableError, match=r"fa3_fwd_interface\.flash_attn_func \(unknown build.*takes no fp8 "
+                                               r"descales.*fp8_scaling='unscaled'"):
+        apply_attention(tiny_transformer, AttentionConfig("fa3_fp8", "per_head"), device="cuda")
+    report = apply_attention(tiny_transformer, AttentionConfig("fa3_fp8", "per_head", fallback="sdpa"), device="cuda")
+    assert report["backend"] == "sdpa" and "takes no fp8 descales" in report["fallback_reason"]
+    for cfg in (AttentionConfig("fa3_fp8"), AttentionConfig("fa3")):  # unscaled and bf16 pass no descales: fine
+        assert apply_attention(tiny_transformer, cfg, device="cuda")["backend"] == cfg.backend
+    fake_fa3.flash_attn_func = lambda q, k, v: q  # no softmax_scale: no mode can run
+    with pytest.raises(UnavailableError, match="takes no softmax_scale: its signature is \\(q, k, v\\)"):
+        apply_attention(tiny_transformer, AttentionConfig("fa3"), device="cuda")

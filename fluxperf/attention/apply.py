@@ -31,7 +31,12 @@ def apply_attention(transformer, cfg: AttentionConfig, *, device=None) -> dict:
     Returns:
         report dict: requested, backend (actually used), fallback_reason (str or None), fp8_scaling (what the
         kernel does: "unscaled", "per_head", "per_tensor" or "none"), processors (modules set), op (torch op
-        name or None), device, dtype, head_dim, fa3_module (FA3 module name for fa3 backends, else None).
+        name or None), device, dtype, head_dim, fa3_module (FA3 module name for fa3 backends, else None),
+        fa3_build (its distribution and version, e.g. "fa3-fwd 0.0.3", else None).
+
+    Raises:
+        UnavailableError: the backend cannot run here (device, dtype, package, or an FA3 build whose
+            flash_attn_func does not take what the mode needs), unless cfg.fallback == "sdpa".
 
     Example:
         >>> report = apply_attention(pipe.transformer, AttentionConfig("fa3_fp8", fallback="sdpa"))  # doctest: +SKIP
@@ -51,6 +56,8 @@ def apply_attention(transformer, cfg: AttentionConfig, *, device=None) -> dict:
     param = next(transformer.parameters())
     target = registry.target_for(device if device is not None else param.device, param.dtype, modules[0].head_dim)
     backend, fallback_reason = cfg.backend, registry.check(cfg.backend, target)
+    if fallback_reason is None and registry.spec(cfg.backend).package == "fa3":
+        fallback_reason = _fa3_api_reason(cfg)
     if fallback_reason is not None:
         if cfg.fallback != "sdpa":
             raise registry.unavailable(cfg.backend, fallback_reason)
@@ -58,11 +65,13 @@ def apply_attention(transformer, cfg: AttentionConfig, *, device=None) -> dict:
     processor = FluxperfAttnProcessor(backend, cfg.fp8_scaling if backend == cfg.backend else "unscaled")
     for module in modules:
         module.set_processor(processor)
-    fa3_module = None
+    fa3_module = fa3_build = None
     if registry.spec(backend).package == "fa3":
-        from .ops import fa3_module_name
+        from .fa3_api import build_of
+        from .ops import fa3_module as imported_fa3
 
-        fa3_module = fa3_module_name()
+        fa3_module = imported_fa3().__name__  # the module the kernels call
+        fa3_build = build_of(fa3_module)
     return {
         "requested": cfg.backend,
         "backend": backend,
@@ -74,7 +83,18 @@ def apply_attention(transformer, cfg: AttentionConfig, *, device=None) -> dict:
         "dtype": target.dtype,
         "head_dim": target.head_dim,
         "fa3_module": fa3_module,
+        "fa3_build": fa3_build,
     }
+
+
+def _fa3_api_reason(cfg: AttentionConfig) -> str | None:
+    """Why the installed FA3 build's flash_attn_func cannot be called as this config needs (None: it can); its
+    signature is inspected once (fluxperf.attention.fa3_api), so API drift is refused here, not at the first forward."""
+    from .fa3_api import Fa3Api
+    from .ops import fa3_module
+
+    scaled = cfg.backend == "fa3_fp8" and cfg.fp8_scaling == "per_head"
+    return Fa3Api.of(fa3_module()).reason(scaled)
 
 
 def reset_attention(transformer) -> int:

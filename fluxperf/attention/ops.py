@@ -13,7 +13,8 @@ Layout: q, k, v are (batch, seq, heads, head_dim), as FA3 and diffusers' FluxAtt
 * `fluxperf::fa3(q, k, v, softmax_scale=None)`: FA3 on the inputs as they are; output in q's dtype.
 
 Kernels: "cuda" calls FA3's `flash_attn_func`, from module `flash_attn_interface` (upstream, tokenspeed-fa3) or
-`fa3_fwd_interface` (fa3-fwd), probed and imported once. "cpu" is a REFERENCE kernel (fp8 emulated by
+`fa3_fwd_interface` (fa3-fwd), probed and imported once; its keyword names come from `fa3_api.Fa3Api` (signature
+inspected once) and the descales are passed only when scaled=True. "cpu" is a REFERENCE kernel (fp8 emulated by
 quantize-dequantize in fp32, see fp8.reference_fp8_attention), there so `torch.library.opcheck` and the
 processor can run on a CPU; it is slow and materializes the score matrix. Fakes give shape/dtype/device only.
 
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fp8
+from .fa3_api import Fa3Api
 
 FA3_FP8_DTYPE = torch.float8_e4m3fn
 FA3_OP = "fluxperf::fa3"
@@ -92,8 +94,8 @@ def fa3_fp8_impl(q, k, v, softmax_scale=None, scaled=False, *, module=None) -> t
     q8, q_descale = fp8.quantize(q, scaling, FA3_FP8_DTYPE, kv_heads=k.shape[2])
     k8, k_descale = fp8.quantize(k, scaling, FA3_FP8_DTYPE)
     v8, v_descale = fp8.quantize(v, scaling, FA3_FP8_DTYPE)
-    result = module.flash_attn_func(q8, k8, v8, softmax_scale=softmax_scale, causal=False,
-                                    q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+    descales = (q_descale, k_descale, v_descale) if scaled else None  # unscaled: no descale keyword at all
+    result = module.flash_attn_func(q8, k8, v8, **Fa3Api.of(module).kwargs(softmax_scale, descales))
     out = unpack_output(result, _out_shape(q, v), f"{module.__name__}.flash_attn_func (fp8)")
     return out.to(torch.bfloat16).contiguous()
 
@@ -102,7 +104,7 @@ def fa3_impl(q, k, v, softmax_scale=None, *, module=None) -> torch.Tensor:
     """Body of the CUDA kernel of fluxperf::fa3 (bf16/fp16 FA3)."""
     module = module or fa3_module()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # FA3 needs unit stride in head_dim
-    result = module.flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=False)
+    result = module.flash_attn_func(q, k, v, **Fa3Api.of(module).kwargs(softmax_scale))
     out = unpack_output(result, _out_shape(q, v), f"{module.__name__}.flash_attn_func")
     return out.to(q.dtype).contiguous()
 

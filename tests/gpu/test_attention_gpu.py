@@ -104,6 +104,18 @@ def test_registry_says_everything_nvidia_runs_here():
     assert avail["aiter_fp8"] is not None
 
 
+@needs_fa3
+@pytest.mark.fa3
+def test_installed_fa3_build_signature_is_understood():
+    """The installed build's flash_attn_func is inspected (FA3 API drift): every mode fluxperf uses can be called."""
+    from fluxperf.attention import ops
+    from fluxperf.attention.fa3_api import Fa3Api
+
+    api = Fa3Api.of(ops.fa3_module())
+    assert api.reason(scaled=False) is None and api.reason(scaled=True) is None, api
+    assert api.descales is not None and api.softmax_scale, api
+
+
 # -- opcheck on CUDA ------------------------------------------------------------------------------------------
 @needs_fa3
 @pytest.mark.fa3
