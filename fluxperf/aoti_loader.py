@@ -156,13 +156,21 @@ def fix_line(system_lib: str | None = None) -> str:
 
 
 def preload_env(env: dict | None = None) -> dict:
-    """A copy of `env` (default os.environ) whose LD_PRELOAD starts with the system libstdc++ when it exists and
-    is not already preloaded: for child processes that may load packages (diag stages, tests)."""
+    """A copy of `env` (default os.environ) whose LD_PRELOAD starts with the system libstdc++, for child processes
+    that may load packages (diag stages, tests).
+
+    Unchanged when a libstdc++ is already preloaded, when there is no system one, or when this process runs
+    another libstdc++ than the system's (e.g. a conda torch that may need a newer one: preloading an older
+    library could break `import torch` in the child).
+    """
     env = dict(os.environ if env is None else env)
-    lib = system_libstdcxx()
-    current = env.get("LD_PRELOAD", "")
-    if lib and sys.platform.startswith("linux") and "libstdc++" not in current:
-        env["LD_PRELOAD"] = lib + (":" + current if current else "")
+    lib, current = system_libstdcxx(), env.get("LD_PRELOAD", "")
+    if not lib or not sys.platform.startswith("linux") or "libstdc++" in current:
+        return env
+    mapped = {os.path.realpath(m) for m in process_state().mapped}
+    if mapped and os.path.realpath(lib) not in mapped:
+        return env
+    env["LD_PRELOAD"] = lib + (":" + current if current else "")
     return env
 
 

@@ -7,10 +7,11 @@ the package key (fluxperf.export_cache.make_key, `code_hash`) covers:
   - the versions of every package whose code is traced or generates the kernels: torch, triton, diffusers,
     torchao, fluxperf and the FA3 build;
   - a hash of the source files of the traced classes: every submodule's class, the attention processors'
-    classes and the parameters' tensor subclasses (torchao), each file's same-package imports one level deep
-    (e.g. diffusers' apply_rotary_emb, imported by transformer_flux.py from embeddings.py), and fluxperf's own
-    traced code (TRACED_FLUXPERF: the attention processors/ops and the export wrapper modules). Covers editable
-    installs and local patches, whose version does not change. torch's own files are covered by its version.
+    classes and the parameters' tensor subclasses (torchao) — from any package but torch, whose files its version
+    covers, so a user's own module or processor class counts too —, each file's imports one level deep from its
+    own package or TRACED_FAMILIES (e.g. diffusers' apply_rotary_emb, imported by transformer_flux.py from
+    embeddings.py), and fluxperf's own traced code (TRACED_FLUXPERF: the attention processors/ops and the export
+    wrapper modules). Covers editable installs and local patches, whose version does not change.
 The hash reads a few dozen files (cached per file by size and mtime), a few milliseconds per key.
 
 Example:
@@ -31,7 +32,8 @@ import sys
 import types
 from pathlib import Path
 
-SOURCE_HASHED = ("diffusers", "fluxperf", "torchao")  # packages whose source files are hashed (see docstring)
+TRACED_FAMILIES = ("diffusers", "fluxperf", "torchao", "peft")  # their imports are followed from any traced file
+NOT_HASHED = ("torch", "builtins")  # covered by the torch version / not Python source
 TRACED_FLUXPERF = ("fluxperf.attention", "fluxperf.export_call")  # fluxperf code that runs inside the graph
 VERSIONED = ("torch", "triton", "diffusers", "torchao")
 
@@ -61,7 +63,7 @@ def traced_source_files(module) -> list[str]:
     classes = {type(m) for m in module.modules()}
     classes |= {type(p) for p in (getattr(module, "attn_processors", None) or {}).values()}
     classes |= {type(p.data) for p in module.parameters()}
-    modules = {sys.modules.get(c.__module__) for c in classes if _top(c.__module__) in SOURCE_HASHED}
+    modules = {sys.modules.get(c.__module__) for c in classes if _top(c.__module__) not in NOT_HASHED}
     modules |= {sys.modules.get(name) for name in TRACED_FLUXPERF}
     files = {f for name in TRACED_FLUXPERF for f in _package_files(name)}
     for mod in filter(None, modules):
@@ -70,7 +72,9 @@ def traced_source_files(module) -> list[str]:
 
 
 def _imports(mod: types.ModuleType):
-    """Modules of the same-family (SOURCE_HASHED) functions, classes and modules that `mod` holds as globals."""
+    """Modules of the functions, classes and modules that `mod` holds as globals, from its own package or from
+    TRACED_FAMILIES."""
+    families = {*TRACED_FAMILIES, _top(mod.__name__)} - set(NOT_HASHED)
     for value in vars(mod).values():
         if isinstance(value, types.ModuleType):
             name = value.__name__
@@ -78,7 +82,7 @@ def _imports(mod: types.ModuleType):
             name = getattr(value, "__module__", None) or ""
         else:
             continue
-        if _top(name) in SOURCE_HASHED and name in sys.modules:
+        if _top(name) in families and name in sys.modules:
             yield sys.modules[name]
 
 
@@ -115,7 +119,7 @@ def _short(path: str) -> str:
     """Path from the package root (site-packages/diffusers/x.py -> diffusers/x.py): equal across installs."""
     parts = path.replace(os.sep, "/").split("/")
     for i in range(len(parts) - 1, -1, -1):
-        if parts[i] in SOURCE_HASHED:
+        if parts[i] in TRACED_FAMILIES:
             return "/".join(parts[i:])
     return parts[-1]
 

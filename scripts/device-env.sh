@@ -1,5 +1,6 @@
 # Source this at the start of a device (or self-hosted runner) command: installs carried wheels from .whl/
-# (see ../shared/DEVICE.md) into /tmp/site without network, and puts the repo on PYTHONPATH.
+# (see ../shared/DEVICE.md) into /tmp/site without network, puts the repo on PYTHONPATH, and preloads the system
+# libstdc++ for AOTInductor packages (scripts/aoti-preload.sh). Sets OUT (default ./fluxperf-out) and creates it.
 # Usage: source scripts/device-env.sh
 if compgen -G ".whl/*.whl" > /dev/null; then
   # Install once per machine: a stamp holds the wheel listing, so chained scripts do not reinstall.
@@ -14,5 +15,6 @@ else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
+source "$(dirname "${BASH_SOURCE[0]}")/aoti-preload.sh"
 export OUT="${OUT:-$PWD/fluxperf-out}"
 mkdir -p "$OUT"

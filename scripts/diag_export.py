@@ -15,6 +15,10 @@ Stages (the letters of the brief):
   s  flux_so_graph  tiny FLUX fp32 built WITH its weights (weights='so'), under the CUDA-graph runner (the fallback)
   e  flux_fp32_graph  stage c's package (cache hit) under the CUDA-graph runner
   g  pipeline       public apply_export on the tiny dev pipeline (CUDA graphs), pipeline call, remove, cached re-apply
+  w  weights_replaced  apply_export, then the weights replaced (load_state_dict(assign=True)): followed (user),
+                    refused (so)
+Stages run with the system libstdc++ preloaded (fluxperf.aoti_loader.preload_env; --no-preload to run without:
+a package that needs it is then refused with LibstdcxxPreloadError instead of crashing the stage).
 Stages run in three waves (linear+env, FLUX builds, cache-hit stages) within a time budget (default 200 s, +30 s for gdb).
 If a stage died of a signal and gdb exists, that stage is re-run once under gdb for a native backtrace.
 
@@ -40,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WAVES = [["env", "linear_so", "linear_user", "linear_copy", "linear_so_graph", "linear_user_graph"],
          ["flux_fp32", "flux_bf16", "vae", "flux_so_graph"],
-         ["flux_fp32_graph", "pipeline"]]
+         ["flux_fp32_graph", "pipeline", "weights_replaced"]]
 WAVE_LIMIT_S = [70, 120, 70]
 PARALLEL_COMPILE_THREADS = "4"  # per stage: 4 concurrent stages share 16 cores
 MEANING = {
@@ -55,6 +59,7 @@ MEANING = {
     "flux_so_graph": "FLUX with weights in the .so, under graphs (fallback FLUXPERF_EXPORT_WEIGHTS=so)",
     "flux_fp32_graph": "FLUX fp32 package under graphs",
     "pipeline": "public apply_export + pipeline call (the failing test's path)",
+    "weights_replaced": "weights replaced after export: followed (user) / refused (so)",
 }
 # the stages themselves live beside this script (one idea per file): imported by path, so this module also loads
 # through importlib (tests/gpu/test_export_gpu.py) without scripts/ on sys.path
@@ -94,8 +99,15 @@ def stage_command(stage: str, work, *, device="cuda", spec=None, weights="user",
     return cmd + (["--hang-dump-s", str(hang_dump_s)] if hang_dump_s else [])
 
 
-def stage_env_vars(work) -> dict:
+def stage_env_vars(work, *, preload: bool = True) -> dict:
+    """The stage's environment: faulthandler, a fresh Inductor cache and (preload=True) the system libstdc++
+    preloaded, without which packages that carry their own libstdc++ crash on load (fluxperf.aoti_loader)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from fluxperf.aoti_loader import preload_env
+
     env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONUNBUFFERED="1", TORCH_SHOW_CPP_STACKTRACES="1")
+    env = preload_env(env) if preload else {k: v for k, v in env.items() if k != "LD_PRELOAD"}
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(work) / "inductor"))  # fresh: nothing stale from earlier runs
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
     return env
@@ -124,7 +136,7 @@ def run_wave(stages, args, work, limit_s: float, log) -> list[dict]:
         f = tempfile.TemporaryFile(mode="w+")
         cmd = stage_command(s, work, device=args.device, spec=args.spec, weights=args.weights, text_len=args.text_len,
                             hang_dump_s=max(5, int(limit_s) - 8))
-        env = stage_env_vars(work)
+        env = stage_env_vars(work, preload=not args.no_preload)
         env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", PARALLEL_COMPILE_THREADS)
         procs[s] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True), f,
                     time.perf_counter())
@@ -157,7 +169,8 @@ def gdb_backtrace(rec: dict, args, work, limit_s: float) -> str | None:
            *stage_command(rec["stage"], work, device=args.device, spec=args.spec, weights=args.weights,
                           text_len=args.text_len)]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, env=stage_env_vars(work))
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s,
+                           env=stage_env_vars(work, preload=not args.no_preload))
         text = p.stdout + p.stderr
         at = text.find("received signal")  # the crashing thread's backtrace follows; thread dumps after it
         return text[max(0, at - 200):][:12000] if at >= 0 else text[-12000:]
@@ -246,6 +259,9 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=200.0, help="stages stop by then; gdb may use 30 s more")
     p.add_argument("--hang-dump-s", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--no-gdb", action="store_true")
+    p.add_argument("--no-preload", action="store_true",
+                   help="run the stages WITHOUT the system libstdc++ preloaded (reproduces the loader crash, which "
+                        "fluxperf now refuses with LibstdcxxPreloadError)")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

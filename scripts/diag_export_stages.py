@@ -86,6 +86,12 @@ def stage_env(ctx) -> dict:
     import torch._inductor
 
     out["aoti_load_package_signature"] = str(inspect.signature(torch._inductor.aoti_load_package))
+    from dataclasses import asdict
+
+    from fluxperf.aoti_loader import process_state, system_libstdcxx
+
+    out["libstdcxx"] = {"LD_PRELOAD": os.environ.get("LD_PRELOAD"), "system": system_libstdcxx(),
+                        **asdict(process_state())}
     return out
 
 
@@ -303,6 +309,52 @@ def stage_pipeline(ctx) -> dict:
     return res
 
 
+def stage_weights_replaced(ctx) -> dict:
+    """apply_export (weights=user, CUDA graphs), then load_state_dict(assign=True) with other weights: the package
+    must follow them (re-pointed constants, re-captured graph); with weights='so' the call must be refused."""
+    torch = _setup(ctx)
+    from fluxperf.errors import FluxperfError
+    from fluxperf.export import apply_export, remove_export
+    from fluxperf.model_configs import dims_of_pipeline
+    from fluxperf.models import build_pipeline
+    from fluxperf.shapes import transformer_inputs
+
+    pipe, recipe, _, _ = _flux_module(ctx, "transformer", "float32")
+    recipe = recipe.replace(export={"vae": False})
+    other = build_pipeline(ctx.spec_args[0], "tiny", device=ctx.device, dtype="float32", text_encoders=False, seed=1)
+    inputs = transformer_inputs(ctx.spec(), dims_of_pipeline(pipe), device=ctx.device, dtype=torch.float32)
+    with torch.no_grad():
+        ref_old, ref_new = pipe.transformer(**inputs)[0], other.transformer(**inputs)[0]
+    res = {}
+    for weights in ("user", "so"):
+        step(f"apply_export (weights={weights})")
+        fresh = build_pipeline(ctx.spec_args[0], "tiny", device=ctx.device, dtype="float32", text_encoders=False)
+        report = apply_export(fresh, recipe, ctx.spec(), cache_dir=ctx.work / "aoti", weights=weights)
+        try:
+            with torch.no_grad():
+                step("call with the exported weights (capture)")
+                res[f"{weights}_rel_err_before"] = _rel(fresh.transformer(**inputs)[0], ref_old)
+                step("load_state_dict(assign=True) with other weights, call again")
+                fresh.transformer.load_state_dict(other.transformer.state_dict(), assign=True)
+                try:
+                    out = fresh.transformer(**inputs)[0]
+                    _sync(torch, ctx)
+                    res[f"{weights}_rel_err_after"] = _rel(out, ref_new)
+                    res[f"{weights}_rel_err_vs_old"] = _rel(out, ref_old)
+                except FluxperfError as exc:
+                    res[f"{weights}_error"] = f"{type(exc).__name__}: {exc}"
+            res[f"{weights}_graph_stats"] = report["runners"]["transformer"].stats.as_dict()
+        finally:
+            step("remove_export")
+            remove_export(fresh)
+        del report, fresh
+    res["problems"] = [p for p in (
+        None if res.get("user_rel_err_after", 1.0) <= FP32_TOL else f"user: not following the new weights: {res}",
+        None if "WeightsReplacedError" in res.get("so_error", "") else f"so: not refused: {res.get('so_error')}",
+    ) if p]
+    return res
+
+
 def stage_segv(ctx) -> dict:
     """Self-test of the isolation: dies of SIGSEGV after one step (never part of a full run)."""
     import ctypes
@@ -326,5 +378,7 @@ STAGES = {
     "flux_so_graph": lambda c: _flux(c, "transformer", "float32", "so", True),
     "flux_fp32_graph": lambda c: _flux(c, "transformer", "float32", "user", True),
     "pipeline": stage_pipeline,
+    "weights_replaced": stage_weights_replaced,
 }
-CUDA_ONLY = {"linear_so_graph", "linear_user_graph", "vae", "flux_so_graph", "flux_fp32_graph", "pipeline"}
+CUDA_ONLY = {"linear_so_graph", "linear_user_graph", "vae", "flux_so_graph", "flux_fp32_graph", "pipeline",
+             "weights_replaced"}

@@ -15,14 +15,15 @@
 #   perf-<name>.log  full log     <name>.json  last benchmark JSON     report.md  current vs baseline table
 #   perf-<name>.tar.gz  every JSON, JUnit XML, report (md/csv/png) and, with --baseline, baselines/<slug>/
 # Without $OUT they stay in fluxperf-out/perf-<name>-<time>/.
-# Carried wheels in .whl/ (see docs: DEVICE.md) are installed into /tmp/site first.
+# Carried wheels in .whl/ (see docs: DEVICE.md) are installed into /tmp/site first (scripts/device-env.sh, which also
+# preloads the system libstdc++ for AOTInductor packages).
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
 GROUPS_ALL=$(PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 -c \
   "from fluxperf.bench.pytest_plugin import GROUPS; print(' '.join(GROUPS))") \
   || { echo "perf-tier: cannot read the group list from fluxperf.bench.pytest_plugin.GROUPS" >&2; exit 2; }
-usage() { sed -n '2,21p' "$0"; exit 2; }
+usage() { sed -n '2,22p' "$0"; exit 2; }
 
 [ $# -ge 1 ] || usage
 NAME="$1"; shift
@@ -43,14 +44,11 @@ for g in $SELECTED; do
   case " $GROUPS_ALL " in *" $g "*) ;; *) echo "unknown group '$g'; use one of: $GROUPS_ALL all" >&2; exit 2 ;; esac
 done
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "installing carried wheels failed" >&2; exit 2; }
-  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONUNBUFFERED=1
+# carried wheels, PYTHONPATH and the libstdc++ preload as every device script; device-env.sh also defaults OUT,
+# but here an unset OUT means "keep results in fluxperf-out/perf-<name>-<time>/", so it is restored
+[ -n "${OUT+set}" ] && OUT_GIVEN=1 || OUT_GIVEN=0
+source scripts/device-env.sh || { echo "perf-tier: scripts/device-env.sh failed" >&2; exit 2; }
+[ "$OUT_GIVEN" = 1 ] || unset OUT
 
 STAMP="$(date -u +%Y%m%dT%H%M%S)"
 if [ -n "${OUT:-}" ]; then WORK="$(mktemp -d)"; else WORK="fluxperf-out/perf-$NAME-$STAMP"; fi

@@ -5,6 +5,10 @@ update or a CUDA-graph capture), it takes the whole interpreter with it. So ever
 stage of scripts/diag_export.py in a fresh `python -X faulthandler` process; a crash fails that one test with the
 signal, the last step reached and the stage's output, and the rest of the tier keeps running.
 
+Stages run with the system libstdc++ preloaded (diag_export.stage_env_vars -> fluxperf.aoti_loader.preload_env),
+as scripts/device-env.sh does for the whole tier; one test runs a stage without it and requires a clear refusal
+or a working load, never a crash.
+
 Run: pytest -m gpu tests/gpu/test_export_gpu.py      (about 3 minutes: small AOTI builds of tiny modules)
 Diagnose a crash: python scripts/diag_export.py      (all stages, JSON summary in $OUT)
 """
@@ -47,18 +51,24 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("aoti-stages")
 
 
-def run_stage(stage: str, work, *, spec: str = "dev:1024x1024:1", weights: str = "user") -> dict:
-    """Run one diag stage in a subprocess; fail (not crash) on a signal, timeout or exception, with its output."""
+def stage_record(stage: str, work, *, spec: str = "dev:1024x1024:1", weights: str = "user",
+                 preload: bool = True) -> dict:
+    """Run one diag stage in a subprocess (with or without the libstdc++ preload); its parse_child record."""
     diag = _diag()
     cmd = diag.stage_command(stage, work, spec=spec, weights=weights, text_len=TEXT_LEN,
                              hang_dump_s=STAGE_TIMEOUT_S - 10)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=diag.stage_env_vars(work),
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=diag.stage_env_vars(work, preload=preload),
                               timeout=STAGE_TIMEOUT_S)
         rc, text = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc, text = None, str(exc.stdout or "") + str(exc.stderr or "")
-    rec = diag.parse_child(stage, rc, text, 0.0)
+    return diag.parse_child(stage, rc, text, 0.0)
+
+
+def run_stage(stage: str, work, *, spec: str = "dev:1024x1024:1", weights: str = "user") -> dict:
+    """Run one diag stage; fail (not crash) on a signal, timeout or exception, with its output. Its RESULT."""
+    rec = stage_record(stage, work, spec=spec, weights=weights)
     if rec["status"] not in ("ok", "wrong results"):
         pytest.fail(f"stage {stage} ({spec}, weights={weights}): {rec['status']} after step {rec['last_step']!r}.\n"
                     f"Output tail:\n{rec['tail']}", pytrace=False)
@@ -98,3 +108,25 @@ def test_weights_in_package_fallback_under_cudagraphs(work):
     assert res["cache"] == "miss"
     assert max(res["rel_err"], res["graph_rel_err"], res["graph_rel_err_2"]) < REL_TOL, res
     assert res["graph_stats"]["recorded"] == 1 and res["graph_stats"]["replays"] == 2
+
+
+def test_replaced_weights_are_followed_or_refused(work):
+    """Issue 13.4: load_state_dict(assign=True) after export. weights='user': the package follows the new weights
+    (constants re-pointed, the CUDA graph re-captured); weights='so' (a snapshot inside the package): refused."""
+    res = run_stage("weights_replaced", work)
+    assert res["user_rel_err_before"] < REL_TOL and res["user_rel_err_after"] < REL_TOL, res
+    assert res["user_rel_err_vs_old"] > 1e-2, res  # the new weights really change the output
+    assert res["user_graph_stats"]["recorded"] == 2, res  # captured again after the refresh
+    assert "WeightsReplacedError" in res["so_error"] and "remove_export" in res["so_error"], res
+    assert res["problems"] == []
+
+
+def test_load_without_the_preload_is_refused_or_works_never_crashes(work):
+    """Issue 14.1: without LD_PRELOAD a package whose wrapper carries its own libstdc++ is refused with the fix
+    (LibstdcxxPreloadError naming the LD_PRELOAD line); one that does not, loads. A signal is a failure."""
+    rec = stage_record("linear_user", work, preload=False)
+    if rec["status"] == "exception":
+        error = rec["result"]["exception"]
+        assert error.startswith("LibstdcxxPreloadError") and "LD_PRELOAD=" in error and "libstdc++" in error, rec
+    else:
+        assert rec["status"] == "ok", f"{rec['status']} after step {rec['last_step']!r}:\n{rec['tail']}"
