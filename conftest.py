@@ -2,6 +2,10 @@
 
 `pytest` runs the CPU tier (gpu deselected); `pytest -m gpu` the GPU numerics tier;
 `pytest -m gpu --benchmark-compare` the benchmarks against baselines/<this GPU>/ (see perf/README.md).
+
+Test-only: `FLUXPERF_HIDE_PACKAGES=torchao,cache_dit python -m pytest ...` runs the tests as if those optional
+packages were not installed (fluxperf.optional.hide_modules: their imports fail, probes say missing), to check
+that every test skips or asserts the missing-package message without them.
 """
 
 from __future__ import annotations
@@ -10,6 +14,11 @@ import importlib.util
 import os
 
 import pytest
+
+from fluxperf.optional import hidden_packages, hide_modules
+
+# Before any test module (or plugin below) can import them.
+HIDDEN_MODULES = hide_modules()
 
 # The benchmark/baseline plugin (GPU fingerprint in machine info, per-GPU storage, decision rule).
 if importlib.util.find_spec("fluxperf.bench.pytest_plugin") is not None:
@@ -25,6 +34,12 @@ if importlib.util.find_spec("hypothesis") is not None:
     settings.load_profile("fluxperf")
 
 
+def pytest_report_header(config):
+    if HIDDEN_MODULES:
+        return f"optional packages hidden (FLUXPERF_HIDE_PACKAGES): {', '.join(sorted(hidden_packages()))}"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip (with the reason) on machines without CUDA, even when selected with -m gpu."""
     if not any(item.get_closest_marker("gpu") for item in items):
@@ -37,6 +52,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def hide_optional(monkeypatch):
+    """hide("torchao"): for this test, fluxperf's probes report the optional package missing (as without it
+    installed: `require` raises UnavailableError with the install hint); restored afterwards."""
+    from fluxperf import optional
+
+    def hide(*names: str) -> None:
+        monkeypatch.setenv(optional.HIDE_ENV, ",".join(sorted({*hidden_packages(), *names})))
+        optional.find_module.cache_clear()
+
+    yield hide
+    monkeypatch.undo()
+    optional.find_module.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,14 @@
 
 `probe(name)` answers "is it importable?" with `importlib.util.find_spec` (no import side effects);
 `require(name)` imports the module or raises `UnavailableError` naming the package and how to install it.
+
+Test-only switch (never set it in production): FLUXPERF_HIDE_PACKAGES=torchao,cache_dit (keys of PACKAGES) makes
+fluxperf behave as if those packages were not installed: `find_module`/`probe`/`require` report them missing, and
+`hide_modules()` (called by the root conftest.py at pytest start-up) sets `sys.modules[module] = None` so any
+`import torchao` raises ModuleNotFoundError and `importlib.util.find_spec` answers None (diffusers included). It
+simulates an environment installed with only `.[test]`, e.g.
+
+    FLUXPERF_HIDE_PACKAGES=torchao python -m pytest -q tests/test_apply_cpu.py
 """
 
 from __future__ import annotations
@@ -9,6 +17,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import os
+import sys
 from dataclasses import dataclass
 
 from .errors import UnavailableError
@@ -38,10 +48,50 @@ PACKAGES: dict[str, OptionalPackage] = {
 }
 
 
+HIDE_ENV = "FLUXPERF_HIDE_PACKAGES"
+
+
+def hidden_packages() -> frozenset[str]:
+    """Keys of PACKAGES that $FLUXPERF_HIDE_PACKAGES hides (comma-separated; empty when unset).
+
+    Raises:
+        KeyError: an unknown name in the variable (named, with the known keys).
+    """
+    names = frozenset(n.strip() for n in os.environ.get(HIDE_ENV, "").split(",") if n.strip())
+    for n in names:
+        _package(n)
+    return names
+
+
+def hide_modules() -> list[str]:
+    """Make the modules of every hidden package unimportable in this process (`sys.modules[m] = None`).
+
+    Returns:
+        the module names hidden.
+    Raises:
+        RuntimeError: one of them was already imported (hiding it now would be a lie); hide before importing.
+    """
+    hidden = []
+    for name in sorted(hidden_packages()):
+        for module in _package(name).modules:
+            if sys.modules.get(module) is not None:
+                raise RuntimeError(f"{HIDE_ENV}: {module!r} was imported before it could be hidden. "
+                                   "Fix: call fluxperf.optional.hide_modules() first (the root conftest.py does).")
+            sys.modules[module] = None
+            hidden.append(module)
+    find_module.cache_clear()
+    return hidden
+
+
 @functools.cache
 def find_module(name: str) -> str | None:
-    """Return the first importable module name of optional package `name`, or None. Cached: probed once."""
+    """Return the first importable module name of optional package `name`, or None. Cached: probed once.
+
+    A package hidden by $FLUXPERF_HIDE_PACKAGES (test-only) is reported missing.
+    """
     pkg = _package(name)
+    if name in hidden_packages():
+        return None
     for module in pkg.modules:
         try:
             if importlib.util.find_spec(module) is not None:

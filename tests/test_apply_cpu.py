@@ -9,6 +9,7 @@ from fluxperf.compile import compile_options, compile_transformer, inductor_conf
 from fluxperf.errors import RecipeError, UnavailableError
 from fluxperf.ladder import rung
 from fluxperf.model_configs import dims_of_pipeline
+from fluxperf.optional import install_hint, probe
 from fluxperf.recipe import CompileConfig, Recipe
 from fluxperf.shapes import ShapeSpec, transformer_inputs
 
@@ -46,11 +47,21 @@ def test_report_lists_exactly_the_stages_that_ran(tiny_pipe_factory):
     assert d["qkv_fused"] and d["float8_linear_count"] == 0 and d["attention_backend"] == "sdpa"
 
 
-def test_float8_on_cpu_fails_loudly_not_silently(tiny_pipe_factory):
+@pytest.mark.parametrize("torchao", ["installed", "missing"])
+def test_float8_on_cpu_fails_loudly_not_silently(tiny_pipe_factory, hide_optional, torchao):
+    if torchao == "missing":
+        hide_optional("torchao")  # as in an environment installed with only .[test]
+    elif not probe("torchao"):
+        pytest.skip(f"needs torchao for the CPU-refusal message: {install_hint('torchao')}")
     pipe = tiny_pipe_factory(dtype="bfloat16")
     with pytest.raises(UnavailableError) as info:
         apply(pipe, Recipe.from_dict({"quantize": {"kind": "float8"}}))
-    assert "CUDA" in str(info.value) and "Fix" in str(info.value)
+    msg = str(info.value)
+    assert "Fix" in msg
+    if torchao == "missing":
+        assert msg.startswith("torchao is not available") and install_hint("torchao") in msg, msg
+    else:
+        assert "CUDA" in msg, msg
 
 
 def test_export_without_spec_is_a_clear_error(tiny_pipe_factory):

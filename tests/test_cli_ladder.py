@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from fluxperf.cli import build_parser, main
+from fluxperf.optional import install_hint, probe
 
 
 def test_ladder_writes_csv_json_and_pngs(tmp_path):
@@ -35,7 +36,11 @@ def test_a_failing_rung_is_reported_and_fails_the_run(tmp_path):
     assert code == 1
     df = pd.read_csv(out / "ladder.csv")
     row = df.set_index("rung").loc["float8_only"]
-    assert row["status"] == "error" and "float8" in row["error"]
+    assert row["status"] == "error" and row["error"].startswith("UnavailableError: ")
+    if probe("torchao"):  # installed: refused for the hardware (float8 matmuls need CUDA)
+        assert "float8" in row["error"] and "CUDA" in row["error"], row["error"]
+    else:  # an environment with only .[test]: refused for the package, with the install hint
+        assert "torchao is not available" in row["error"] and install_hint("torchao") in row["error"], row["error"]
 
 
 def test_unknown_rung_is_rejected_by_the_parser(capsys):
