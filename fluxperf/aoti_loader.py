@@ -44,6 +44,7 @@ from .errors import FluxperfError
 _RUNTIME_SYMBOL = re.compile(r"^(_ZN?K?S[tsiodab]|_ZT[ISV]S[tsiodab]|_ZN9__gnu_cxx|_ZN10__cxxabiv1|__cxa_|__gxx_)")
 _PROBE_SYMBOL = "_ZNSt6locale7classicEv"  # std::locale::classic(): defined by every libstdc++
 PROBE_TIMEOUT_S = 300
+_PROBE_CODE = "import sys, torch._inductor; torch._inductor.aoti_load_package(sys.argv[1])"
 
 
 class LibstdcxxPreloadError(FluxperfError, RuntimeError):
@@ -228,9 +229,8 @@ def ensure_loadable(path: str | os.PathLike) -> None:
 
 def probe_load(path: str | os.PathLike, why: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Load the package once in a child process (same environment); raise if the child dies of a signal."""
-    code = "import sys, torch._inductor; torch._inductor.aoti_load_package(sys.argv[1])"
     try:
-        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", _PROBE_CODE, str(path)], capture_output=True, text=True,
                               timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         raise LibstdcxxPreloadError(f"{why}; loading it in a child process did not finish in {timeout_s:.0f} s. "

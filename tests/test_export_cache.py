@@ -11,6 +11,7 @@ from fluxperf import export_cache as ec
 from fluxperf.errors import FluxperfError
 from fluxperf.ladder import rung
 from fluxperf.models import build_pipeline
+from fluxperf.recipe import Recipe
 from fluxperf.shapes import ShapeSpec
 
 # -- cache keys and manifests ----------------------------------------------------------------------------
@@ -146,3 +147,109 @@ def test_module_fingerprint_ignores_private_config_bookkeeping():
     assert len(names) > 1 and ec.module_fingerprint(pipe.vae) == before
     pipe.vae._internal_dict = type(pipe.vae.config)({**pipe.vae.config, "scaling_factor": 0.5})
     assert ec.module_fingerprint(pipe.vae) != before  # a real config change still counts
+
+
+# -- stale packages: the traced code is in the key (issue 13.3) ----------------------------------------------------
+def _package_key(pipe, recipe=None):
+    from fluxperf.export import package_key
+    from fluxperf.export_call import TransformerExportModule
+
+    recipe = recipe or Recipe.from_dict({"dtype": "float32", "export": {"enabled": True}})
+    return package_key("transformer", TransformerExportModule(pipe.transformer), ShapeSpec("dev", 64, 96), recipe)
+
+
+def _build_counter(calls):
+    def build(tmp):
+        calls.append(tmp)
+        with open(tmp, "wb") as f:
+            f.write(b"package")
+    return build
+
+
+@pytest.mark.parametrize("dist,new", [("diffusers", "0.43.0"), ("torchao", "0.19.0"), ("triton", "3.6.0"),
+                                      ("fa3", "fa3-fwd 0.0.4 (fa3_fwd_interface)"), ("fluxperf", "0.2.0")])
+def test_an_upgrade_of_traced_code_is_a_miss(tmp_path, monkeypatch, dist, new):
+    import fluxperf
+    from fluxperf import env
+
+    pipe = build_pipeline("dev", "tiny", dtype="float32", text_encoders=False)
+    calls, key = [], _package_key(pipe)
+    assert ec.get_or_build(tmp_path, key, _build_counter(calls))[1] == "miss"
+    assert ec.get_or_build(tmp_path, _package_key(pipe), _build_counter(calls))[1] == "hit"  # stable key
+    if dist == "fa3":
+        monkeypatch.setattr(env, "fa3_build", lambda: new)
+    elif dist == "fluxperf":
+        monkeypatch.setattr(fluxperf, "__version__", new)
+    else:
+        real = env.dist_version
+        monkeypatch.setattr(env, "dist_version", lambda name: new if name == dist else real(name))
+    bumped = _package_key(pipe)
+    assert bumped.code_hash != key.code_hash and bumped.relpath() != key.relpath()
+    _, status, _ = ec.get_or_build(tmp_path, bumped, _build_counter(calls))
+    assert status == "miss" and len(calls) == 2  # rebuilt, not served from before the upgrade
+
+
+def _user_module(tmp_path, name: str, source: str):
+    import importlib.util
+    import sys
+
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return path, module
+
+
+ROPE = '''
+import torch
+from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+
+
+class UserPosEmbed(FluxPosEmbed):
+    """RoPE with a theta set in the source, as a local patch would."""
+
+    def __init__(self, axes_dim):
+        super().__init__(theta=THETA, axes_dim=axes_dim)
+'''
+
+
+def test_a_change_in_traced_source_is_a_miss(tmp_path, monkeypatch):
+    """The same model with a locally patched class (another RoPE theta in the source): same versions, same config,
+    another traced graph. The key must change with the file."""
+    pipe = build_pipeline("dev", "tiny", dtype="float32", text_encoders=False)
+    path, mod = _user_module(tmp_path, "fluxperf_test_user_rope", ROPE.replace("THETA", "10000"))
+    monkeypatch.setattr(pipe.transformer, "pos_embed", mod.UserPosEmbed(pipe.transformer.pos_embed.axes_dim))
+    key = _package_key(pipe)
+    assert key == _package_key(pipe)
+    path.write_text(ROPE.replace("THETA", "20000.0"))  # the edit (the running class is unchanged: only the file)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    changed = _package_key(pipe)
+    assert changed.code_hash != key.code_hash and changed.relpath() != key.relpath()
+    assert ec.lookup(tmp_path / "cache", changed) is None
+
+
+def test_a_changed_module_attribute_is_a_miss():
+    """RoPE theta lives on FluxPosEmbed, not in the model config: changing it changes the traced code too."""
+    pipe = build_pipeline("dev", "tiny", dtype="float32", text_encoders=False)
+    key = _package_key(pipe)
+    pipe.transformer.pos_embed.theta = 20000
+    assert _package_key(pipe).config_hash != key.config_hash
+    pipe.transformer.pos_embed.theta = 10000
+    assert _package_key(pipe) == key
+
+
+def test_processor_source_is_in_the_key(tmp_path):
+    """An attention processor from the user's own module: its source joins the hash (files of every processor)."""
+    from fluxperf.export_code import traced_source_files
+
+    pipe = build_pipeline("dev", "tiny", dtype="float32", text_encoders=False)
+    _, mod = _user_module(tmp_path, "fluxperf_test_user_proc", "from diffusers.models.transformers.transformer_flux "
+                          "import FluxAttnProcessor\n\n\nclass UserProcessor(FluxAttnProcessor):\n    pass\n")
+    before = traced_source_files(pipe.transformer)
+    assert any(f.endswith("transformer_flux.py") for f in before)  # diffusers' own model and processor
+    assert any(f.endswith("embeddings.py") for f in before)  # apply_rotary_emb & co., one import away
+    assert any(f.endswith("fluxperf/attention/processor.py") for f in before)  # fluxperf's traced code
+    pipe.transformer.set_attn_processor(mod.UserProcessor())
+    assert str(tmp_path / "fluxperf_test_user_proc.py") in traced_source_files(pipe.transformer)
