@@ -8,6 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device-env.sh || exit 1
 start=$(date +%s)
+echo "gpu-tier: LD_PRELOAD=${LD_PRELOAD:-unset} (AOTInductor packages; scripts/aoti-preload.sh)" | tee "$OUT/gpu-tier-env.txt"
 python3 - <<'PY' 2>&1 | tee "$OUT/gpu-tier-fingerprint.json"
 import json
 from fluxperf.env import fingerprint

@@ -58,6 +58,7 @@ LOG="$WORK/perf-$NAME.log"
 log() { echo "$*" | tee -a "$LOG"; }
 
 log "perf tier: groups [$SELECTED] repeat=$REPEAT compare=$COMPARE baseline=$BASELINE slowdown=${FLUXPERF_INJECT_SLOWDOWN:-none}"
+log "perf tier: LD_PRELOAD=${LD_PRELOAD:-unset} (AOTInductor packages; scripts/aoti-preload.sh)"
 python3 - <<'EOF' 2>&1 | tee -a "$LOG"
 import torch; from fluxperf.env import versions
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
