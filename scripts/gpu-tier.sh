@@ -8,14 +8,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device-env.sh || exit 1
 start=$(date +%s)
-echo "gpu-tier: LD_PRELOAD=${LD_PRELOAD:-unset} (AOTInductor packages; scripts/aoti-preload.sh)" | tee "$OUT/gpu-tier-env.txt"
+echo "gpu-tier: LD_PRELOAD=${LD_PRELOAD:-unset} (AOTInductor packages; scripts/aoti-preload.sh)" | tee "$OUT/gpu-tier.log"
 python3 - <<'PY' 2>&1 | tee "$OUT/gpu-tier-fingerprint.json"
 import json
 from fluxperf.env import fingerprint
 print(json.dumps(fingerprint(with_gpu=True), indent=1))
 PY
 python3 -m pytest -m "gpu and not perf" -p no:cacheprovider -rs --durations=15 \
-  --junitxml="$OUT/gpu-tier-junit.xml" "$@" 2>&1 | tee "$OUT/gpu-tier.log"
+  --junitxml="$OUT/gpu-tier-junit.xml" "$@" 2>&1 | tee -a "$OUT/gpu-tier.log"
 rc=${PIPESTATUS[0]}
 echo "gpu-tier: pytest exit status $rc after $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu-tier.log"
 exit "$rc"
