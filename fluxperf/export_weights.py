@@ -31,7 +31,7 @@ import weakref
 
 from .errors import FluxperfError
 
-_FIX = ("Fix: fluxperf.export.remove_export(pipe) and apply_export(...) again (a cached package is reused), or "
+_FIX = ("Fix: fluxperf.export.remove_export(pipe) and apply_export(...) again, or "
         "export with weights='user' to follow replaced weights automatically")
 
 
