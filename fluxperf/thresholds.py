@@ -181,11 +181,19 @@ def worst_of(measurements: list[dict[str, dict]]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for measured in measurements:
         for rung, m in measured.items():
+            _require_measured(rung, m)
             cur = out.setdefault(rung, dict(m))
             cur["psnr_db"] = min(cur["psnr_db"], m["psnr_db"])
             for key in ("forward_rel_err", "vae_rel_err"):
                 cur[key] = max(cur[key], m[key])
     return out
+
+
+def _require_measured(rung: str, m) -> None:
+    missing = [k for k in MEASURED_KEYS if not isinstance(m, dict) or k not in m]
+    if missing:
+        raise BaselineError(f"measured rung {rung!r} lacks {missing[0]!r}. Fix: pass numerics-measured.json of a "
+                            "complete tier run (scripts/gpu-tier.sh).")
 
 
 def derive(measured: dict[str, dict], *, psnr_margin_db: float = 3.0, rel_err_factor: float = 1.5,
@@ -204,10 +212,7 @@ def derive(measured: dict[str, dict], *, psnr_margin_db: float = 3.0, rel_err_fa
 
     rungs = {}
     for name, m in measured.items():
-        for key in MEASURED_KEYS:
-            if key not in m:
-                raise BaselineError(f"measured rung {name!r} lacks {key!r}. Fix: pass numerics-measured.json of a "
-                                    "complete tier run (scripts/gpu-tier.sh).")
+        _require_measured(name, m)
         psnr = m["psnr_db"] if m["psnr_db"] == math.inf else number(m["psnr_db"], "measured", f"{name}.psnr_db", lo=0)
         rungs[name] = RungThreshold(
             psnr_min_db=psnr - psnr_margin_db if math.isfinite(psnr) else 60.0,

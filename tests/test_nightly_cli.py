@@ -59,3 +59,15 @@ def test_summary_tier_argument_is_checked(tmp_path):
     with pytest.raises(SystemExit, match="NAME=RC"):
         main(["nightly", "summary", "--history", str(tmp_path / "h"), "--tier", "numerics", "--out",
               str(tmp_path / "s.md")])
+
+
+def test_a_history_line_without_median_fails_by_name_but_the_summary_is_still_written(tmp_path, capsys):
+    hist = tmp_path / "history.jsonl"
+    hist.write_text('{"date": "2026-11-22", "benchmark": "perf/t.py::t"}\n')
+    out = tmp_path / "summary.md"
+    rc = main(["nightly", "summary", "--history", str(hist), "--date", "2026-11-22", "--out", str(out)])
+    assert rc == 12 and "history.jsonl:1: median_ms = None" in capsys.readouterr().err
+    assert "is corrupt" in out.read_text()
+    for verb in (["history", "plot", "--out", str(tmp_path / "p")], ["history", "changepoints"],
+                 ["history", "confirm", "--date", "2026-11-22"]):
+        assert main([*verb, "--history", str(hist)]) == 12
