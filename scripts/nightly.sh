@@ -18,10 +18,10 @@
 #   NIGHTLY_PERF_GROUP       perf-tier group (default all)
 #   NIGHTLY_GPU_TIER / NIGHTLY_PERF_TIER   the tier commands (default scripts/gpu-tier.sh / scripts/perf-tier.sh)
 #   NIGHTLY_BUNDLE=1         pack all outputs into $OUT/nightly.tar.gz (for the device tool: few files come back)
-# Exit status: 0 nothing to report (an unconfirmed single bad night included), 1 numerics tier failed,
-#   2 nightly install impossible (and --allow-installed not given), 3 nightly install failed,
-#   10 confirmed perf regression, 11 perf inconclusive after the confirming re-run, other: the perf tier's own
-#   failure status (tests erroring, 12 = baseline error).
+# Exit status: 0 nothing to report (an unconfirmed single bad night included), 1 numerics tier failed (also when
+#   it ran no test: its exit 14), 2 nightly install impossible (and --allow-installed not given), 3 nightly install
+#   failed, 10 confirmed perf regression, 11 perf inconclusive after the confirming re-run, other: the perf tier's
+#   own status (tests erroring; 12 baseline error, 13 no baseline for this GPU, 14 nothing measured).
 set -uo pipefail
 
 ALLOW=${NIGHTLY_ALLOW_INSTALLED:-0}
@@ -54,6 +54,7 @@ HISTORY=${FLUXPERF_HISTORY:-$OUT_DIR/history.jsonl}
 export FLUXPERF_HISTORY=$HISTORY FLUXPERF_TORCH_INDEX=$INDEX PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 "$PY" -c 'import fluxperf' 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # not pip-installed
+source scripts/aoti-preload.sh  # AOTInductor packages that carry their own libstdc++ (../shared/DEVICE.md)
 GPU_TIER=${NIGHTLY_GPU_TIER:-scripts/gpu-tier.sh}
 PERF_TIER=${NIGHTLY_PERF_TIER:-scripts/perf-tier.sh}
 NOTES=()
