@@ -229,9 +229,7 @@ class Recipe:
         rule (fluxperf.recipe_rules); raise RecipeError naming the field or combination, the rule and the fix."""
         from .recipe_rules import COMBINATION_RULES  # rules import this module's classes: imported late
 
-        check_fields(self)
-        for key in _NESTED:
-            getattr(self, key).validate()
+        check_fields(self)  # the step configs: their type here; their fields when they were built (frozen since)
         for rule in COMBINATION_RULES:
             rule(self)
         return self

@@ -125,48 +125,47 @@ def check_fields(config, section: str = "", error: type[Exception] = RecipeError
 
 def value_problem(value, accepted: tuple, check: Check) -> tuple[str, str] | None:
     """None if `value` passes the types `accepted` (see field_checks) and `check`, else (rule text, fix text)."""
-    rule = _describe(accepted, check)
+    fix = _fix(value, accepted, check)
+    return None if fix is None else (_describe(accepted, check), check.fix or fix)
+
+
+def _fix(value, accepted: tuple, check: Check) -> str | None:
+    """None if `value` passes, else the derived fix (the rule's text is only built for a refusal)."""
     if not any(_is_type(value, t) for t in accepted):
-        return rule, check.fix or _type_fix(accepted, check)
+        return _type_fix(accepted, check)
     if value is None or dataclasses.is_dataclass(value):
         return None
     if isinstance(value, tuple):
         if check.nonempty and not value:
-            return rule, check.fix or "give at least one value"
+            return "give at least one value"
         bad = [v for v in value if check.choices is not None and v not in check.choices]
-        return (rule, check.fix or f"drop {bad}") if bad else None
-    return _scalar_problem(value, rule, check)
+        return f"drop {bad}" if bad else None
+    return _scalar_fix(value, check)
 
 
-def _scalar_problem(value, rule: str, check: Check) -> tuple[str, str] | None:
+def _scalar_fix(value, check: Check) -> str | None:
     if check.choices is not None and value not in check.choices:
-        return rule, check.fix or "use one of those values"
+        return "use one of those values"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not _in_range(value, check):
             what = f"a multiple of {check.multiple}" if check.multiple else "a value"
-            return rule, check.fix or f"use {what} in {_range_text(check)}"
+            return f"use {what} in {_range_text(check)}"
         if check.multiple and value % check.multiple:
-            nearest = max(check.multiple, round(value / check.multiple) * check.multiple)
-            return rule, check.fix or f"use a multiple of {check.multiple}, e.g. {nearest}"
+            return f"use a multiple of {check.multiple}, e.g. {max(check.multiple, round(value / check.multiple) * check.multiple)}"
     if isinstance(value, str):
         if check.nonempty and not value.strip():
-            return rule, check.fix or "use a non-empty string"
+            return "use a non-empty string"
         if check.pattern is not None and not re.fullmatch(check.pattern, value):
-            return rule, check.fix or f"use a value matching {check.pattern!r}"
+            return f"use a value matching {check.pattern!r}"
     return None
 
 
 def _is_type(value, t) -> bool:
+    simple = _SIMPLE.get(t)
+    if simple is not None:
+        return simple(value)
     if typing.get_origin(t) is tuple:
         return isinstance(value, tuple) and all(_is_type(v, typing.get_args(t)[0]) for v in value)
-    if t is type(None):
-        return value is None
-    if t is bool:
-        return isinstance(value, bool)
-    if t is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return isinstance(value, t)
 
 
@@ -176,6 +175,13 @@ def _in_range(value: float, c: Check) -> bool:
     return not (c.hi is not None and (value > c.hi or (c.open_hi and value == c.hi)))
 
 
+_SIMPLE = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    str: lambda v: isinstance(v, str),
+    type(None): lambda v: v is None,
+}
 _TYPE_WORDS = {bool: "a bool (true/false)", int: "an integer", float: "a finite number", str: "a string",
                type(None): "None (null)"}
 

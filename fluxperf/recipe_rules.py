@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import RecipeError
-from .recipe import FP8_BACKENDS
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -50,12 +49,58 @@ def _rule_one_cache(r: Recipe) -> None:
 
 
 def _rule_cache_no_cudagraphs(r: Recipe) -> None:
-    caching = r.cache_dit.enabled or r.first_block_cache.enabled
-    if caching and r.compile.enabled and r.compile.mode in ("reduce-overhead", "max-autotune"):
+    cache = _active_cache(r)
+    if cache and r.compile.enabled and r.compile.mode in ("reduce-overhead", "max-autotune"):
         raise RecipeError(
-            f"compile.mode={r.compile.mode!r} (CUDA graphs) with block caching: the cache runs Python between blocks, "
-            "which CUDA graphs cannot capture. Fix: compile.mode=None or 'max-autotune-no-cudagraphs'."
+            f"compile.mode={r.compile.mode!r} (CUDA graphs) with {cache}.enabled=True: the cache runs Python between "
+            "blocks, which CUDA graphs cannot capture. Fix: compile.mode=None or 'max-autotune-no-cudagraphs'."
         )
+
+
+def _rule_fbc_breaks_the_graph(r: Recipe) -> None:
+    # fluxperf.fbcache.COMPILE_HINT: the head block's hook calls a torch.compiler.disable'd decision inside the
+    # compiled block (dynamo: "Skip inlining `torch.compiler.disable()`d function"), whatever the scope.
+    if r.first_block_cache.enabled and r.compile.enabled and r.compile.fullgraph:
+        raise RecipeError(
+            "first_block_cache.enabled=True with compile.enabled=True and compile.fullgraph=True: the first-block "
+            "cache decides inside the head block with a torch.compiler.disable'd call, a graph break that "
+            "fullgraph=True turns into an error at the first call. Fix: compile.fullgraph=False (the fbcache rung does)."
+        )
+
+
+def _rule_cache_dit_whole_fullgraph(r: Recipe) -> None:
+    # fluxperf.cache.COMPILE_HINT: whole-model fullgraph=True fails on cache-dit's mock.patch forward wrapper.
+    c = r.compile
+    if r.cache_dit.enabled and c.enabled and c.scope == "whole" and c.fullgraph:
+        raise RecipeError(
+            "cache_dit.enabled=True with compile.scope='whole' and compile.fullgraph=True: cache-dit wraps the "
+            "transformer's forward in Python (mock.patch) that dynamo cannot trace as one graph, so the first call "
+            "fails. Fix: compile.scope='regional' (the cache_dit rungs do) or compile.fullgraph=False."
+        )
+
+
+def _rule_teacache_not_wired(r: Recipe) -> None:
+    # fluxperf.fbcache.apply_first_block_cache refuses it too (diffusers has no TeaCache hook fluxperf wires up):
+    # drop this rule when it does.
+    if r.first_block_cache.enabled and r.first_block_cache.kind == "teacache":
+        raise RecipeError(
+            "first_block_cache.kind='teacache' with first_block_cache.enabled=True: fluxperf does not wire up a "
+            "TeaCache hook (the installed diffusers has none it supports), so apply() would refuse it. "
+            "Fix: first_block_cache.kind='first_block'."
+        )
+
+
+def _rule_mode_agrees_with_flags(r: Recipe) -> None:
+    c = r.compile
+    if not (c.enabled and r.inductor_flags.enabled and c.mode not in (None, "default")):
+        return
+    from .compile import compile_options  # imports torch: only for a compile mode combined with inductor flags
+
+    compile_options(c, r.inductor_flags.options())  # RecipeError naming the options the two set differently
+
+
+_HALF_ONLY = {"cudnn": "SDPA's cuDNN kernel", "flash": "SDPA's flash kernel", "fa3": "FlashAttention-3",
+              "fa3_fp8": "FlashAttention-3 (fp8)", "aiter_fp8": "aiter's fp8 attention"}
 
 
 def _rule_low_precision_needs_half(r: Recipe) -> None:
@@ -64,11 +109,16 @@ def _rule_low_precision_needs_half(r: Recipe) -> None:
             f"quantize.kind={r.quantize.kind!r} with dtype={r.dtype!r}: torchao float8 dynamic quantization is "
             "applied to bf16 models (PerRow requires bf16 weights). Fix: dtype='bfloat16'."
         )
-    if r.attention.backend in ("fa3", *FP8_BACKENDS) and r.dtype == "float32":
+    backend = r.attention.backend
+    if backend in _HALF_ONLY and r.dtype == "float32":
         raise RecipeError(
-            f"attention.backend={r.attention.backend!r} with dtype='float32': FlashAttention-3 takes bf16/fp16 "
-            "(or fp8) inputs. Fix: dtype='bfloat16' or attention.backend='sdpa'."
+            f"attention.backend={backend!r} with dtype='float32': {_HALF_ONLY[backend]} takes bfloat16/float16 "
+            "inputs (only 'sdpa' runs in float32). Fix: dtype='bfloat16' or attention.backend='sdpa'."
         )
+
+
+def _active_cache(r: Recipe) -> str | None:
+    return "cache_dit" if r.cache_dit.enabled else ("first_block_cache" if r.first_block_cache.enabled else None)
 
 
 COMBINATION_RULES = (
@@ -76,6 +126,10 @@ COMBINATION_RULES = (
     _rule_export_replaces_compile,
     _rule_export_no_caching,
     _rule_one_cache,
+    _rule_teacache_not_wired,
     _rule_cache_no_cudagraphs,
+    _rule_fbc_breaks_the_graph,
+    _rule_cache_dit_whole_fullgraph,
     _rule_low_precision_needs_half,
+    _rule_mode_agrees_with_flags,
 )
