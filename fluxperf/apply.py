@@ -45,6 +45,7 @@ class AppliedStack:
     recipe: Recipe
     variant: str
     steps: list[StepReport] = field(default_factory=list)
+    compile_watch: Any = None  # fluxperf.compile_watch.CompileWatch of the compile stage (live recompile counts)
 
     def step(self, name: str) -> dict[str, Any] | None:
         for s in self.steps:
@@ -75,6 +76,11 @@ class AppliedStack:
         return self.step("compile")
 
     @property
+    def recompiles(self) -> dict[str, Any] | None:
+        """Graphs per compiled region and recompiles NOW (they grow as calls bring new shapes); None if not compiled."""
+        return self.compile_watch.as_dict() if self.compile_watch is not None else None
+
+    @property
     def inductor_flags(self) -> dict[str, bool]:
         return self.recipe.inductor_flags.options()
 
@@ -83,6 +89,7 @@ class AppliedStack:
             "recipe": self.recipe.to_dict(), "variant": self.variant, "stages": self.stage_names,
             "qkv_fused": self.qkv_fused, "float8_linear_count": self.float8_linear_count,
             "attention_backend": self.attention_backend, "inductor_flags": self.inductor_flags,
+            "recompiles": self.recompiles,
             "steps": {s.name: _jsonable(s.details) for s in self.steps},
         }
 
@@ -121,6 +128,7 @@ def apply(pipe, recipe, *, spec=None, num_inference_steps: int | None = None, va
     for stage in STAGES:
         if stage.wanted(recipe):
             stack.steps.append(StepReport(stage.name, stage.run(ctx)))
+    stack.compile_watch = ctx.compile_watch
     return stack
 
 
@@ -131,6 +139,7 @@ class _Context:
     spec: Any
     steps: int | None
     variant: str
+    compile_watch: Any = None
 
 
 # -- stages ----------------------------------------------------------------------------------------------
@@ -258,11 +267,13 @@ def _stage_first_block_cache(ctx: _Context) -> dict:
 
 def _stage_compile(ctx: _Context) -> dict:
     from .compile import compile_transformer, compile_vae_decoder
+    from .compile_watch import CompileWatch
 
     cfg, flags = ctx.recipe.compile, ctx.recipe.inductor_flags.options()
-    report = compile_transformer(ctx.pipe.transformer, cfg, flags)
+    ctx.compile_watch = CompileWatch()
+    report = compile_transformer(ctx.pipe.transformer, cfg, flags, watch=ctx.compile_watch)
     if cfg.vae:
-        report.update(compile_vae_decoder(ctx.pipe.vae, cfg, flags))
+        report.update(compile_vae_decoder(ctx.pipe.vae, cfg, flags, watch=ctx.compile_watch))
     return report
 
 

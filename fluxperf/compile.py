@@ -4,6 +4,14 @@ The flags never touch the global `torch._inductor.config`: they travel as torch.
 Inductor only while compiling this module's graphs). `inductor_flags(...)` is the scoped patch for code that
 must run under global flags (it restores them on exit, also on error).
 
+Shapes: `CompileConfig.dynamic=False` compiles static shapes first and lets dynamo make a dimension dynamic once
+it changes between calls (torch.compile(dynamic=None), automatic dynamic shapes): a new resolution, batch or
+Kontext conditioning size costs one more graph per region, then every later size is served. torch's own
+dynamic=False (one graph per shape) is never passed: each resolution cost FluxTransformerBlock one graph and
+FluxSingleTransformerBlock two (its first block takes a contiguous tensor, the others the strided slices the
+previous block returns), so the 5th resolution hit dynamo's recompile limit (8). `dynamic=True` is dynamic from
+the first call. Recompiles are counted and a reached limit is a clear error (fluxperf.compile_watch).
+
 Example:
     >>> with inductor_flags({"epilogue_fusion": False}):  # doctest: +SKIP
     ...     compiled(x)
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 
+from .compile_watch import CompileWatch
 from .errors import RecipeError
 from .recipe import CompileConfig
 
@@ -21,11 +30,12 @@ def compile_options(cfg: CompileConfig, flags: dict[str, bool]) -> dict:
     """kwargs for torch.compile / nn.Module.compile.
 
     torch.compile refuses `mode` and `options` together, so a mode is expanded into its options
-    (torch._inductor.list_mode_options) and the flags are merged on top.
+    (torch._inductor.list_mode_options) and the flags are merged on top. `cfg.dynamic` False becomes
+    dynamic=None (static first, automatic dynamic on change; see the module docstring), True stays True.
     """
     import torch
 
-    kwargs: dict = {"fullgraph": cfg.fullgraph, "dynamic": cfg.dynamic}
+    kwargs: dict = {"fullgraph": cfg.fullgraph, "dynamic": True if cfg.dynamic else None}
     mode = None if cfg.mode in (None, "default") else cfg.mode
     if not flags:
         if mode:
@@ -43,25 +53,45 @@ def compile_options(cfg: CompileConfig, flags: dict[str, bool]) -> dict:
     return kwargs
 
 
-def compile_transformer(transformer, cfg: CompileConfig, flags: dict[str, bool]) -> dict:
-    """Compile in place: regional (the repeated FLUX blocks) or the whole module. Returns a report dict."""
+def compile_transformer(transformer, cfg: CompileConfig, flags: dict[str, bool], *,
+                        watch: CompileWatch | None = None) -> dict:
+    """Compile in place: regional (the repeated FLUX blocks) or the whole module. Returns a report dict.
+
+    Args:
+        watch: counts the compiled regions' graphs and guards the transformer's calls (a reached recompile limit
+            raises fluxperf.compile_watch.RecompileLimitError); a new one when None.
+    """
+    watch = watch if watch is not None else CompileWatch()
     kwargs = compile_options(cfg, flags)
     if cfg.scope == "regional":
         # ModelMixin.compile_repeated_blocks compiles every FluxTransformerBlock / FluxSingleTransformerBlock
         # in place; identical blocks share one compiled graph, hence ~5x faster compile than whole-model.
         transformer.compile_repeated_blocks(**kwargs)
-        compiled = sum(1 for m in transformer.modules() if getattr(m, "_compiled_call_impl", None) is not None)
+        blocks = [m for m in transformer.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+        compiled = len(blocks)
+        for cls in dict.fromkeys(type(m) for m in blocks):
+            watch.add_region(cls)
+        watch.guard(transformer, transformer._call_impl)
     else:
         transformer.compile(**kwargs)
         compiled = 1
+        watch.add_region(type(transformer))
+        watch.guard(transformer, transformer._compiled_call_impl)
     return {"scope": cfg.scope, "mode": cfg.mode, "fullgraph": cfg.fullgraph, "dynamic": cfg.dynamic,
-            "compiled_modules": compiled, "inductor_options": kwargs.get("options", {})}
+            "torch_dynamic": kwargs["dynamic"], "compiled_modules": compiled,
+            "inductor_options": kwargs.get("options", {})}
 
 
-def compile_vae_decoder(vae, cfg: CompileConfig, flags: dict[str, bool]) -> dict:
-    """Compile the VAE decoder module in place (what vae.decode spends its time in)."""
+def compile_vae_decoder(vae, cfg: CompileConfig, flags: dict[str, bool], *, watch: CompileWatch | None = None
+                        ) -> dict:
+    """Compile the VAE decoder module in place (what vae.decode spends its time in); `watch` as in
+    compile_transformer."""
+    watch = watch if watch is not None else CompileWatch()
     kwargs = compile_options(cfg, flags)
-    vae.decoder.compile(**kwargs)
+    decoder = vae.decoder
+    decoder.compile(**kwargs)
+    watch.add_region(type(decoder))
+    watch.guard(decoder, decoder._compiled_call_impl)
     return {"vae_decoder": True}
 
 

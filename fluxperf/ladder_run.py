@@ -232,6 +232,7 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
     with torch.inference_mode():
         step_t = time_fn(lambda: pipe.transformer(**inputs), warmup=2, rounds=opts.step_rounds, device=opts.device)
     result.step_ms = step_t.summary()
+    result.applied = stack.to_dict()  # again, after the calls: recompiles they caused are counted (issue 13.1)
     if opts.device.startswith("cuda"):
         result.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
     progress(f"[ladder] {name}: image {image_t.median_ms:.1f} ms (p90 {image_t.p90_ms:.1f}), "

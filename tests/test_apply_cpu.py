@@ -74,7 +74,7 @@ def test_compile_options_never_pass_mode_and_options_together():
     flags = rung("flags").inductor_flags.options()
     kw = compile_options(CompileConfig(enabled=True, mode="max-autotune-no-cudagraphs"), flags)
     assert "mode" not in kw and kw["options"]["max_autotune"] is True and kw["options"]["epilogue_fusion"] is False
-    assert compile_options(CompileConfig(enabled=True), {}) == {"fullgraph": True, "dynamic": False}
+    assert compile_options(CompileConfig(enabled=True), {}) == {"fullgraph": True, "dynamic": None}  # automatic
     with pytest.raises(RecipeError, match="differently"):
         compile_options(CompileConfig(enabled=True, mode="max-autotune-no-cudagraphs"),
                         {"coordinate_descent_tuning": False})
