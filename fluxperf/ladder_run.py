@@ -72,6 +72,24 @@ class LadderOptions:
         problem = device_problem(self.device)
         if problem:
             raise OptionError(f"device={self.device!r}: {problem}")
+        self._check_cache_rungs()
+
+    def _check_cache_rungs(self) -> None:
+        """Block-cache rungs need a variant and a step count with steps left to cache (fluxperf.cache.check_variant
+        and check_steps refuse them at apply(), after the models are built): refuse them here, before."""
+        steps = VARIANT_DEFAULTS[self.variant]["steps"] if self.steps is None else self.steps
+        for name in self.rungs or ():
+            r = recipe_from(name)
+            warmup = r.cache_dit.max_warmup_steps if r.cache_dit.enabled else 1 if r.first_block_cache.enabled else None
+            if warmup is None:
+                continue
+            if self.variant == "schnell":
+                raise OptionError(f"rungs include {name!r} (block cache) with variant='schnell': schnell's 4 steps are "
+                                  "all warm-up steps, nothing can be cached. Fix: --variant dev (or kontext), or drop "
+                                  f"the {name!r} rung.")
+            if steps <= warmup:
+                raise OptionError(f"rungs include {name!r} (block cache, {warmup} warm-up steps) with steps={steps}: "
+                                  f"every step is a warm-up step. Fix: --steps {warmup + 1} or more (dev uses 28).")
 
     def resolved(self) -> LadderOptions:
         """Fill the defaults that depend on the machine (None fields only: a given value is never replaced)."""

@@ -70,6 +70,18 @@ def test_ladder_bad_value_exits_2_with_one_line_before_any_model_is_built(argv, 
     assert time.perf_counter() - t0 < 10  # nothing expensive ran
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--rungs", "bf16,cache_dit"], ["'cache_dit'", "variant='schnell'", "Fix: --variant dev"]),
+    (["--variant", "dev", "--steps", "5", "--rungs", "cache_dit_f1b0"], ["8 warm-up steps", "steps=5", "--steps 9"]),
+    (["--variant", "kontext", "--steps", "1", "--rungs", "fbcache"], ["'fbcache'", "steps=1", "--steps 2"]),
+])
+def test_ladder_cache_rungs_that_cannot_cache_are_refused_before_any_model(argv, words, no_model_build, capsys,
+                                                                           tmp_path):
+    assert main(["ladder", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+
+
 def test_ladder_unwritable_out_is_refused_before_any_rung(no_model_build, capsys, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
