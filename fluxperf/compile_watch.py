@@ -7,9 +7,9 @@ per code object (`accumulated_recompile_limit`, 256, over all). With fullgraph=T
 
 `CompileWatch` makes both loud and visible:
 * `watch.guard(module, call)` sets a wrapper in `module._compiled_call_impl` (the slot `nn.Module.__call__` uses
-  for a compiled module): each top-level call (the transformer, the VAE decoder; once per denoising step, ~50 us)
-  runs with `fail_on_recompile_limit_hit=True` in a scoped `torch._dynamo.config.patch`, and a limit hit becomes
-  `RecompileLimitError` naming the limit, the code object, its graph count and the fix;
+  for a compiled module): each top-level call (the transformer, the VAE decoder; once per denoising step) runs
+  with dynamo's `fail_on_recompile_limit_hit=True` (set and restored around the call, ~10 us), and a limit hit
+  becomes `RecompileLimitError` naming the limit, the code object, its graph count and the fix;
 * `watch.as_dict()` reports the graphs each compiled region holds and the recompiles (graphs beyond the first
   per code object). Counts are process-wide per code object, as dynamo's limit counts them (pipelines of the
   same classes share compiled graphs); `torch._dynamo.reset()` clears them.
@@ -93,8 +93,13 @@ class _Guarded:
         import torch._dynamo
         from torch._dynamo.exc import FailOnRecompileLimitHit
 
-        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-            try:
-                return self.call(*args, **kwargs)
-            except FailOnRecompileLimitHit as exc:
-                raise self.watch.limit_error(exc) from exc
+        # set and restored around the call (try/finally: the scope of config.patch at a quarter of its ~45 us)
+        cfg = torch._dynamo.config
+        before = cfg.fail_on_recompile_limit_hit
+        cfg.fail_on_recompile_limit_hit = True
+        try:
+            return self.call(*args, **kwargs)
+        except FailOnRecompileLimitHit as exc:
+            raise self.watch.limit_error(exc) from exc
+        finally:
+            cfg.fail_on_recompile_limit_hit = before
