@@ -74,12 +74,13 @@ def cmd_remove(args) -> int:
     from fluxperf.bench.baseline_update import remove_benchmarks
     from fluxperf.errors import BaselineError
 
-    command = f"fluxperf baseline remove --gpu {args.gpu} " + " ".join(shlex.quote(b) for b in args.benchmarks)
+    names = list(dict.fromkeys(args.benchmarks))  # a name given twice is removed (and counted) once
+    command = f"fluxperf baseline remove --gpu {args.gpu} " + " ".join(shlex.quote(b) for b in names)
     try:
-        written = remove_benchmarks(args.gpu, args.benchmarks, root=args.root, command=command)
+        written = remove_benchmarks(args.gpu, names, root=args.root, command=command)
     except (BaselineError, TimeoutError) as exc:
         return _error(exc)
-    print(f"removed {len(args.benchmarks)} benchmark(s); wrote {written[0]}")
+    print(f"removed {len(names)} benchmark(s); wrote {written[0]}")
     return 0
 
 
@@ -89,6 +90,7 @@ def cmd_show(args) -> int:
 
     from fluxperf.bench import EXIT_NO_BASELINE
     from fluxperf.bench.baseline import CREATE_COMMAND, baseline_path, detect_gpu, load_baseline
+    from fluxperf.bench.stats import FLOOR
     from fluxperf.errors import BaselineError
 
     slug = args.gpu or getattr(detect_gpu(), "slug", None)
@@ -105,12 +107,15 @@ def cmd_show(args) -> int:
         return _error(exc)
     meta = data["fluxperf"]
     print(f"baseline {path} (GPU {slug})")
-    print("provenance: " + json.dumps({k: meta["provenance"].get(k) for k in ("git_commit", "date", "command")}))
+    provenance = meta.get("provenance") or {}  # validated: an object when present
+    print("provenance: " + json.dumps({k: provenance.get(k) for k in ("git_commit", "date", "command")}))
     for bench in data["benchmarks"]:
         ms = [x * 1e3 for x in bench["stats"]["data"]]
-        th = meta.get("thresholds", {}).get(bench["fullname"], {})
+        th = (meta.get("thresholds") or {}).get(bench["fullname"]) or {}
+        # the threshold the judge uses (compare.py falls back to the floor), never a made-up 0.0 %
+        time = f"{th['time']:.1%}" if "time" in th else f"{FLOOR:.1%} (none stored: the judge's floor)"
         print(f"  {bench['fullname']}: median {statistics.median(ms):.2f} ms over {len(ms)} rounds, "
-              f"threshold {th.get('time', 0):.1%} (runs: {th.get('runs', '?')})")
+              f"threshold {time} (runs: {th.get('runs', '?')})")
     return 0
 
 
