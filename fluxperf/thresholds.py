@@ -108,19 +108,26 @@ def load(path: str | Path, *, expected_gpu: str | None = None, family: str | Non
     Raises:
         BaselineError: unreadable JSON or any field of the wrong type or range (names file, key, value, fix).
     """
-    from .bench.validate import fail, mapping, number
-
     path = Path(path)
     fix = f"restore it from git (git checkout -- {path}) or re-derive it: fluxperf baseline numerics MEASURED.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BaselineError(f"numerics thresholds {path} are unreadable or not JSON ({exc}). Fix: {fix}.") from exc
+    return check_data(data, path, fix, expected_gpu=expected_gpu, family=family)
+
+
+def check_data(data, path, fix: str, *, expected_gpu: str | None = None, family: str | None = None) -> Thresholds:
+    """Validate the content of a thresholds file (also before one is written); returns it as Thresholds."""
+    from .bench.validate import fail, mapping, number
+
     mapping(data, path, "", fix=fix)
     if isinstance(data.get("version"), bool) or data.get("version") != SCHEMA_VERSION:
         raise fail(path, "version", data.get("version"), f"is not {SCHEMA_VERSION} (this fluxperf's format)", fix)
     rungs = {}
-    for name, v in mapping(data.get("rungs"), path, "rungs", fix=fix).items():
+    if not mapping(data.get("rungs"), path, "rungs", fix=fix):
+        raise fail(path, "rungs", {}, "is empty: no rung would be checked", fix)
+    for name, v in data["rungs"].items():
         mapping(v, path, f"rungs.{name}", fix=fix)
         rungs[name] = RungThreshold(
             psnr_min_db=number(v.get("psnr_min_db"), path, f"rungs.{name}.psnr_min_db", lo=PSNR_RANGE_DB[0],
@@ -131,6 +138,8 @@ def load(path: str | Path, *, expected_gpu: str | None = None, family: str | Non
                                    lo=REL_ERR_RANGE[0], hi=REL_ERR_RANGE[1], fix=fix),
             measured=dict(mapping(v.get("measured") or {}, path, f"rungs.{name}.measured", fix=fix)))
     gpu = data.get("gpu")
+    if (gpu is None) == (data.get("family") is None):
+        raise fail(path, "gpu/family", (gpu, data.get("family")), "must name exactly one: a GPU or a family", fix)
     _check_owner(path, gpu, data.get("family"), expected_gpu, family, fix)
     return Thresholds(version=SCHEMA_VERSION, margin=dict(mapping(data.get("margin"), path, "margin", fix=fix)),
                       rungs=rungs, gpu=gpu, provenance=data.get("provenance") or {}, family=data.get("family"),
@@ -189,11 +198,30 @@ def worst_of(measurements: list[dict[str, dict]]) -> dict[str, dict]:
     return out
 
 
+MEASURED_FIX = "pass the numerics-measured.json of a complete GPU tier run (scripts/gpu-tier.sh writes it to $OUT)"
+
+
+def check_measured(measured, source) -> dict[str, dict]:
+    """Validate one numerics-measured.json: rung -> {psnr_db (dB, may be Infinity: identical images),
+    forward_rel_err, vae_rel_err}, at least one rung. Raises BaselineError naming the file and key."""
+    from .bench.validate import fail, mapping, number
+
+    if not mapping(measured, source, "", fix=MEASURED_FIX):
+        raise fail(source, "", {}, "measures no rung", MEASURED_FIX)
+    for rung, m in measured.items():
+        mapping(m, source, rung, fix=MEASURED_FIX)
+        for key in MEASURED_KEYS:
+            if key not in m:
+                raise fail(source, f"{rung}.{key}", None, "is missing", MEASURED_FIX)
+        if m["psnr_db"] != math.inf:
+            number(m["psnr_db"], source, f"{rung}.psnr_db", lo=0, fix=MEASURED_FIX)
+        for key in ("forward_rel_err", "vae_rel_err"):
+            number(m[key], source, f"{rung}.{key}", lo=0, fix=MEASURED_FIX)
+    return measured
+
+
 def _require_measured(rung: str, m) -> None:
-    missing = [k for k in MEASURED_KEYS if not isinstance(m, dict) or k not in m]
-    if missing:
-        raise BaselineError(f"measured rung {rung!r} lacks {missing[0]!r}. Fix: pass numerics-measured.json of a "
-                            "complete tier run (scripts/gpu-tier.sh).")
+    check_measured({rung: m}, "measured values")
 
 
 def derive(measured: dict[str, dict], *, psnr_margin_db: float = 3.0, rel_err_factor: float = 1.5,
@@ -220,11 +248,18 @@ def derive(measured: dict[str, dict], *, psnr_margin_db: float = 3.0, rel_err_fa
                                     * rel_err_factor, rel_err_floor),
             vae_rel_err_max=max(number(m["vae_rel_err"], "measured", f"{name}.vae_rel_err", lo=0) * rel_err_factor,
                                 rel_err_floor),
-            measured=dict(m),
+            measured={k: ("inf" if v == math.inf else v) for k, v in m.items()},  # JSON has no Infinity
         )
     margin = {"psnr_db": psnr_margin_db, "rel_err_factor": rel_err_factor, "rel_err_floor": rel_err_floor}
     return Thresholds(SCHEMA_VERSION, margin, rungs, gpu=gpu, family=family, provenance=provenance or {})
 
 
 def save(thresholds: Thresholds, path: str | Path) -> Path:
+    """Write atomically, after the loader's own validation: a file load() would refuse is never written.
+
+    Raises:
+        BaselineError: a threshold outside the loader's ranges (e.g. a PSNR minimum under 1 dB).
+    """
+    fix = "re-measure: the derived thresholds would guard nothing (check the measured values and the margins)"
+    check_data(thresholds.to_dict(), path, fix)
     return atomic_write_json(path, thresholds.to_dict())

@@ -55,10 +55,11 @@ def test_nightly_install_reports_an_unreachable_index(capsys):
     assert rc == 2 and "nightly install impossible" in capsys.readouterr().err
 
 
-def test_summary_tier_argument_is_checked(tmp_path):
-    with pytest.raises(SystemExit, match="NAME=RC"):
+def test_summary_tier_argument_is_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["nightly", "summary", "--history", str(tmp_path / "h"), "--tier", "numerics", "--out",
               str(tmp_path / "s.md")])
+    assert exit_.value.code == 2 and "must be NAME=RC" in capsys.readouterr().err
 
 
 def test_a_history_line_without_median_fails_by_name_but_the_summary_is_still_written(tmp_path, capsys):

@@ -85,4 +85,4 @@ def test_cli_derives_a_family_file_from_the_worst_of_several_gpus(tmp_path, caps
     assert t.rungs["compile"].forward_rel_err_max == pytest.approx(0.03)
     b.write_text(json.dumps({"compile": {"psnr_db": 45.0}}))
     assert main(["baseline", "numerics", str(b), "--gpu", H100, "--root", str(tmp_path)]) == 12
-    assert "lacks 'forward_rel_err'" in capsys.readouterr().err
+    assert "b.json: compile.forward_rel_err = None is missing" in capsys.readouterr().err

@@ -33,11 +33,16 @@ from .baseline import (
     benchmarks_by_name,
     load_baseline,
     load_run,
+    read_json,
     run_slug,
     safe_name,
 )
 
 COMPILE_FLOOR, COMPILE_CAP = 0.20, 0.60  # compile seconds are single samples with large run-to-run spread
+# A baseline record needs enough rounds that a comparison against it can ever reach the significance level:
+# with n rounds on both sides the smallest one-sided Mann-Whitney p is 1 / C(2n, n); 7 rounds give 2.9e-4 < 0.002,
+# 5 give 4.0e-3 (never significant: every slowdown would be "inconclusive").
+MIN_ROUNDS = next(n for n in range(2, 50) if stats.min_p_value(n, n) < stats.ALPHA / 2)
 
 
 def build_baseline(runs: list[tuple[str, dict]], *, command: str, previous: dict | None = None) -> tuple[dict, dict]:
@@ -90,8 +95,15 @@ def build_baseline(runs: list[tuple[str, dict]], *, command: str, previous: dict
 
 
 def _refuse_invalid(runs: list[tuple[str, dict]]) -> None:
+    empty = [src for src, run in runs if not run.get("benchmarks")]
+    if empty:
+        raise BaselineError(f"{', '.join(empty)}: no benchmark records (nothing was measured), so nothing can become "
+                            "a baseline. Fix: pass the --benchmark-json of a perf run whose benchmarks ran.")
     bad = [f"{src}: {b['fullname']!r}: {why}" for src, run in runs for b in run.get("benchmarks", [])
            if (why := validate.invalid_measurement(b))]
+    bad += [f"{src}: {b['fullname']!r}: {len(b['stats']['data'])} rounds < {MIN_ROUNDS} (a comparison against it could "
+            "never be significant)" for src, run in runs for b in run.get("benchmarks", [])
+            if len(b["stats"]["data"]) < MIN_ROUNDS]
     if bad:
         raise BaselineError("runs hold records that cannot be a baseline: " + "; ".join(bad) +
                             ". Fix: re-run those benchmarks on a healthy GPU without FLUXPERF_INJECT_SLOWDOWN.")
@@ -185,7 +197,11 @@ def remove_benchmarks(slug: str, names: list[str], *, root: str | Path | None = 
     if not path.exists():
         raise BaselineError(f"no baseline at {path}. Fix: check --gpu (the GPU slug) and --root.")
     with locked(path):
-        data = json.loads(path.read_text(encoding="utf8"))
+        data = read_json(path, "baseline", f"restore it from git (git checkout -- {path})")
+        validate.mapping(data, path, "")
+        if not isinstance(data.get("benchmarks"), list) or not isinstance(data.get("fluxperf"), dict):
+            raise validate.fail(path, "benchmarks/fluxperf", "(missing)", "are not a list and an object")
+        names = list(dict.fromkeys(names))
         have = [b.get("fullname") for b in data.get("benchmarks", []) if isinstance(b, dict)]
         unknown = [n for n in names if n not in have]
         if unknown:

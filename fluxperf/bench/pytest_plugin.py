@@ -46,6 +46,7 @@ GROUPS = {
     "kontext": "FLUX.1 Kontext (twice the image tokens): transformer step and 28-step image, compiled",
 }
 _KEY = pytest.StashKey["FluxperfState"]()
+_NEVER_HANDED_OVER = ("baseline_error", "not_measured", "no_baseline")
 
 
 @dataclass
@@ -102,10 +103,12 @@ def judge(config, current: dict, *, remeasure=None):
     from .judge import compare_one
 
     state = state_of(config)
-    state.measured.append(current["fullname"])
     if state.baseline is None:
+        state.measured.append(current["fullname"])
         return None
+    # counted as measured only once judged: a comparison that raises leaves it "selected but did not run"
     comparison = compare_one(current, state.baseline, current_fp=state.current_fingerprint(), remeasure=remeasure)
+    state.measured.append(current["fullname"])
     if comparison is not None:
         state.comparisons.append(comparison)
     return comparison
@@ -274,7 +277,9 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = EXIT_STATUS[NOT_MEASURED]
     if state.active and state.comparing:
         state.verdict = _verdict(state)
-        if not state.compare_fail_override and session.exitstatus == 0:
+        # --benchmark-compare-fail hands the timing decision to pytest-benchmark, never "nothing was compared"
+        decides = not state.compare_fail_override or state.verdict.outcome in _NEVER_HANDED_OVER
+        if decides and session.exitstatus == 0:
             session.exitstatus = state.verdict.exit_status
     if state.report_dir:
         try:

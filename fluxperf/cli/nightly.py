@@ -38,7 +38,7 @@ def _register_history(subparsers) -> None:
     p = verbs.add_parser("append", help="append pytest-benchmark JSON records of one nightly")
     _history_arg(p)
     p.add_argument("--records", nargs="+", required=True, help="pytest --benchmark-json file(s)")
-    p.add_argument("--date", default=dt.date.today().isoformat(), help="nightly date YYYY-MM-DD (default today)")
+    p.add_argument("--date", type=_date, default=dt.date.today().isoformat(), help="nightly date YYYY-MM-DD (default today)")
     p.add_argument("--run-id", default=os.environ.get("GITHUB_RUN_ID") or dt.datetime.now().strftime("%Y%m%dT%H%M%S"))
     p.add_argument("--attempt", type=int, default=1, help="1 = the nightly, 2+ = confirming re-runs")
     p.add_argument("--baseline", help="baselines/<gpu-slug>/ or its 0001_baseline.json (validated; for the verdicts)")
@@ -54,9 +54,9 @@ def _register_history(subparsers) -> None:
     p.add_argument("--json", help="also write the change points here as JSON")
     p.set_defaults(func=cmd_history_changepoints)
     p = verbs.add_parser("confirm", help="exit 1 on a confirmed regression, 3 when a confirming re-run is needed, "
-                                         f"{EXIT_NOTHING_TO_JUDGE} when the nightly has no records")
+                                         f"{EXIT_NOTHING_TO_JUDGE} when the nightly has no records or a benchmark was never judged")
     _history_arg(p)
-    p.add_argument("--date", default=dt.date.today().isoformat())
+    p.add_argument("--date", type=_date, default=dt.date.today().isoformat(), help="nightly date YYYY-MM-DD")
     p.add_argument("--names-out", help="write the confirmed and pending benchmarks here, one per line")
     p.set_defaults(func=cmd_history_confirm)
 
@@ -112,8 +112,9 @@ def _register_nightly(subparsers) -> None:
     p = verbs.add_parser("summary", help="markdown summary of one nightly")
     _history_arg(p)
     _changepoint_args(p)
-    p.add_argument("--date", default=dt.date.today().isoformat())
-    p.add_argument("--tier", action="append", default=[], metavar="NAME=RC", help="tier exit status (repeatable)")
+    p.add_argument("--date", type=_date, default=dt.date.today().isoformat(), help="nightly date YYYY-MM-DD")
+    p.add_argument("--tier", action="append", type=_tier, default=[], metavar="NAME=RC",
+                   help="tier exit status (repeatable; RC empty or '-' = not run)")
     p.add_argument("--explain-dir", help="directory of kernel-diff .md files to include")
     p.add_argument("--plots-dir", help="directory of trend PNGs to list")
     p.add_argument("--note", action="append", default=[])
@@ -122,7 +123,7 @@ def _register_nightly(subparsers) -> None:
 
 
 def cmd_history_append(args) -> int:
-    from fluxperf.bench import EXIT_BASELINE_ERROR
+    from fluxperf.bench import EXIT_BASELINE_ERROR, EXIT_NOT_MEASURED
     from fluxperf.bench.baseline import BASELINE_NAME, load_baseline, load_run
     from fluxperf.errors import BaselineError
     from fluxperf.nightly.history import append_entries, baseline_id, entries_from_benchmark_json
@@ -131,11 +132,22 @@ def cmd_history_append(args) -> int:
     if path is not None and path.is_dir():
         path = path / BASELINE_NAME
     try:
-        baseline = load_baseline(path) if path is not None and path.exists() else None
         docs = [load_run(p) for p in args.records]
+        if path is not None and not path.exists():
+            raise BaselineError(f"--baseline {args.baseline}: no baseline there ({path} does not exist), so the records "
+                                "would get no verdict. Fix: pass baselines/<gpu-slug>/ of the GPU the records ran on, "
+                                "or leave --baseline out to record them unjudged")
+        slugs = {d["machine_info"]["fluxperf"]["slug"] for d in docs}
+        if path is not None and len(slugs) != 1:
+            raise BaselineError(f"records from several GPUs {sorted(slugs)}: append one GPU's records at a time")
+        baseline = load_baseline(path, expected_slug=slugs.pop()) if path is not None else None
     except BaselineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BASELINE_ERROR
+    if not any(d["benchmarks"] for d in docs):
+        print(f"error: {', '.join(args.records)}: no benchmark records (nothing was measured); nothing appended",
+              file=sys.stderr)
+        return EXIT_NOT_MEASURED
     entries = []
     for doc in docs:
         entries += entries_from_benchmark_json(doc, date=args.date, run_id=args.run_id, attempt=args.attempt,
@@ -326,7 +338,7 @@ def cmd_nightly_summary(args) -> int:
     explanations = {p.stem: p.read_text() for p in sorted(Path(args.explain_dir).glob("*.md"))} \
         if args.explain_dir and Path(args.explain_dir).is_dir() else {}
     plots = sorted(Path(args.plots_dir).glob("*.png")) if args.plots_dir and Path(args.plots_dir).is_dir() else []
-    md = nightly_summary(entries, args.date, tiers=dict(_tier(t) for t in args.tier),
+    md = nightly_summary(entries, args.date, tiers=dict(args.tier),
                          confirmation=confirm(entries, args.date) if tonight else None,
                          changepoints=detect_changes(entries, alpha=args.alpha, min_rel_change=args.min_rel_change,
                                                      min_size=args.min_size) if entries else {},
@@ -338,6 +350,14 @@ def cmd_nightly_summary(args) -> int:
 
 def _tier(text: str) -> tuple[str, int | None]:
     name, sep, rc = text.partition("=")
-    if not sep or not name:
-        raise SystemExit(f"--tier {text!r} must be NAME=RC, e.g. numerics=0 (RC empty or '-' = not run).")
+    if not sep or not name or not (rc in ("", "-") or rc.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} must be NAME=RC with RC a whole number, e.g. numerics=0 "
+                                         "(RC empty or '-' = not run)")
     return name, None if rc in ("", "-") else int(rc)
+
+
+def _date(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD, e.g. 2026-11-22") from None

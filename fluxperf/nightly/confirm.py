@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 from ..bench.stats import REGRESSION
 
-EXIT_OK, EXIT_CONFIRMED, EXIT_PENDING = 0, 1, 3
+EXIT_OK, EXIT_CONFIRMED, EXIT_PENDING, EXIT_UNJUDGED = 0, 1, 3, 4
 
 
 @dataclass(frozen=True)
 class BenchmarkStatus:
     benchmark: str
-    status: str  # "confirmed" | "pending" | "cleared" | "ok"
+    status: str  # "confirmed" | "pending" | "cleared" | "ok" | "unjudged" (no verdict: no baseline)
     why: str
     ratio: float | None = None
 
@@ -42,10 +42,13 @@ class Confirmation:
 
     @property
     def exit_code(self) -> int:
-        """1 if any regression is confirmed, else 3 if any is pending a re-run, else 0."""
+        """1 if any regression is confirmed, else 3 if any is pending a re-run, else 4 if any benchmark was never
+        judged (no baseline: nothing was compared, which is not "ok"), else 0."""
         if self.by_status("confirmed"):
             return EXIT_CONFIRMED
-        return EXIT_PENDING if self.by_status("pending") else EXIT_OK
+        if self.by_status("pending"):
+            return EXIT_PENDING
+        return EXIT_UNJUDGED if self.by_status("unjudged") else EXIT_OK
 
 
 def confirm(entries: Iterable[dict], date: str) -> Confirmation:
@@ -70,6 +73,8 @@ def _classify(name: str, runs: list[dict], entries: list[dict], date: str) -> Be
     verdicts = [r.get("verdict") for r in runs]
     first_bad = next((i for i, v in enumerate(verdicts) if v == REGRESSION), None)
     ratio = runs[-1].get("ratio")
+    if all(v is None for v in verdicts):
+        return BenchmarkStatus(name, "unjudged", "never compared with a baseline (no verdict in any attempt)", ratio)
     if first_bad is None:
         return BenchmarkStatus(name, "ok", f"verdicts {verdicts}", ratio)
     later = verdicts[first_bad + 1:]
