@@ -99,6 +99,22 @@ def _rule_mode_agrees_with_flags(r: Recipe) -> None:
     compile_options(c, r.inductor_flags.options())  # RecipeError naming the options the two set differently
 
 
+def _rule_no_cudagraph_tree_modes(r: Recipe) -> None:
+    # Measured on the H200 (2026-11-29, tests/gpu/test_recipe_space_gpu.py on the tiny schnell pipeline, torch 2.11):
+    # regional reduce-overhead / max-autotune failed at the second block call ("accessing tensor output of CUDAGraphs
+    # that has been overwritten by a subsequent run": every block of a stack shares one compiled region), and whole-
+    # model reduce-overhead ran but gave an image 21 % (relative error 0.213) away from eager: a silent wrong result.
+    c = r.compile
+    if c.enabled and c.mode in ("reduce-overhead", "max-autotune"):
+        raise RecipeError(
+            f"compile.mode={c.mode!r} with compile.scope={c.scope!r}: this mode captures CUDA graph trees, which on "
+            "FLUX pipelines either fail (regional: a block's output is overwritten by the next block's call) or "
+            "silently change the image (whole: 21 % relative error on the H200). Fix: compile.mode="
+            "'max-autotune-no-cudagraphs' (or None); for CUDA graphs use the export rung, whose CudaGraphRunner "
+            "copies inputs and outputs."
+        )
+
+
 _HALF_ONLY = {"cudnn": "SDPA's cuDNN kernel", "flash": "SDPA's flash kernel", "fa3": "FlashAttention-3",
               "fa3_fp8": "FlashAttention-3 (fp8)", "aiter_fp8": "aiter's fp8 attention"}
 
@@ -132,4 +148,5 @@ COMBINATION_RULES = (
     _rule_cache_dit_whole_fullgraph,
     _rule_low_precision_needs_half,
     _rule_mode_agrees_with_flags,
+    _rule_no_cudagraph_tree_modes,
 )

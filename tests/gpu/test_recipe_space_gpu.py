@@ -4,8 +4,8 @@ every combination are in tests/test_recipe_space.py.
 Part A (eager): every attention backend (fp8 scalings included) x fused QKV x float8 granularity in bf16 — each
 accepted combination runs close to the bf16 SDPA eager forward, or apply() refuses it for a package or hardware this
 machine lacks (aiter on NVIDIA, FA3 not installed), never for anything the recipe alone decides.
-Part B (Inductor on CUDA): the compile modes that only mean something on a GPU (reduce-overhead and max-autotune use
-CUDA graphs) plus two composites, each a 3-step image close to the eager image.
+Part B (Inductor on CUDA): max-autotune-no-cudagraphs with the inductor flags plus two composites, each a 3-step image
+close to the eager image (the CUDA-graph-tree modes are refused: see recipe_rules._rule_no_cudagraph_tree_modes).
 Export is covered by tests/gpu/test_export_gpu.py (AOTInductor builds take minutes).
 
 Run: pytest -m gpu tests/gpu/test_recipe_space_gpu.py --durations=0   (target: about a minute on an H100/H200)
@@ -139,10 +139,9 @@ def eager_image():
     return _image(_fresh())
 
 
+# reduce-overhead and max-autotune (CUDA graph trees) are refused by Recipe.validate since this test found them
+# failing (regional) or 21 % off eager (whole) on the H200; tests/test_recipe_space.py checks the refusal.
 COMPILED = [
-    {"compile": {"enabled": True, "mode": "reduce-overhead"}},
-    {"compile": {"enabled": True, "mode": "reduce-overhead", "scope": "whole"}},
-    {"compile": {"enabled": True, "mode": "max-autotune"}},
     {"compile": {"enabled": True, "mode": "max-autotune-no-cudagraphs"}, "inductor_flags": {"enabled": True}},
     {"base": "float8_row", "attention": {"backend": "sdpa"}},  # compile + fused QKV + channels_last + float8 row
     {"base": "fa3_fp8", "attention": {"fp8_scaling": "per_head"}},  # compiled custom fp8 attention op
