@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextlib
 
 from .compile_watch import CompileWatch
-from .errors import RecipeError
 from .recipe import CompileConfig
+from .recipe_rules import check_mode_agrees_with_flags
 
 
 def compile_options(cfg: CompileConfig, flags: dict[str, bool]) -> dict:
@@ -33,21 +33,13 @@ def compile_options(cfg: CompileConfig, flags: dict[str, bool]) -> dict:
     (torch._inductor.list_mode_options) and the flags are merged on top. `cfg.dynamic` False becomes
     dynamic=None (static first, automatic dynamic on change; see the module docstring), True stays True.
     """
-    import torch
-
     kwargs: dict = {"fullgraph": cfg.fullgraph, "dynamic": True if cfg.dynamic else None}
     mode = None if cfg.mode in (None, "default") else cfg.mode
     if not flags:
         if mode:
             kwargs["mode"] = mode
         return kwargs
-    options = dict(torch._inductor.list_mode_options(mode)) if mode else {}
-    overlap = {k: (options[k], v) for k, v in flags.items() if k in options and options[k] != v}
-    if overlap:
-        raise RecipeError(
-            f"compile.mode={mode!r} sets {overlap} differently from inductor_flags. "
-            "Fix: disable inductor_flags or pick a mode that agrees."
-        )
+    options = check_mode_agrees_with_flags(mode, flags)  # RecipeError naming the options set differently
     options.update(flags)
     kwargs["options"] = options
     return kwargs

@@ -90,13 +90,29 @@ def _rule_teacache_not_wired(r: Recipe) -> None:
         )
 
 
+def check_mode_agrees_with_flags(mode: str | None, flags: dict[str, bool]) -> dict:
+    """The Inductor options of compile `mode` (torch._inductor.list_mode_options; {} for None/'default').
+
+    Raises:
+        RecipeError: the mode sets an option the inductor flags set differently (torch.compile refuses mode and
+            options together, so fluxperf expands the mode and merges the flags on top: they must agree).
+    """
+    if mode in (None, "default"):
+        return {}
+    import torch  # only for a compile mode combined with inductor flags
+
+    options = dict(torch._inductor.list_mode_options(mode))
+    overlap = {k: (options[k], v) for k, v in flags.items() if k in options and options[k] != v}
+    if overlap:
+        raise RecipeError(f"compile.mode={mode!r} sets {overlap} differently from inductor_flags. "
+                          "Fix: disable inductor_flags or pick a mode that agrees.")
+    return options
+
+
 def _rule_mode_agrees_with_flags(r: Recipe) -> None:
     c = r.compile
-    if not (c.enabled and r.inductor_flags.enabled and c.mode not in (None, "default")):
-        return
-    from .compile import compile_options  # imports torch: only for a compile mode combined with inductor flags
-
-    compile_options(c, r.inductor_flags.options())  # RecipeError naming the options the two set differently
+    if c.enabled and r.inductor_flags.enabled:
+        check_mode_agrees_with_flags(c.mode, r.inductor_flags.options())
 
 
 def _rule_no_cudagraph_tree_modes(r: Recipe) -> None:
