@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from fluxperf.io import atomic_write_json
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from fluxperf.io import atomic_write_json  # noqa: E402  (after the path line: works from an uninstalled checkout)
 
 HEADS, HEAD_DIM = 24, 128
 SHAPES = {  # name -> (batch, seq)
