@@ -76,3 +76,15 @@ def test_allowed_offline_run_confirms_explains_plots_and_summarizes(tmp_path):
     assert (out / "plots" / kernel_table_path("", NAME).with_suffix(".png").name).read_bytes()[:4] == b"\x89PNG"
     assert (out / "flagged.txt").read_text().split() == [NAME]
     assert json.loads((out / "changepoints.json").read_text()).keys() == {NAME}
+
+
+@pytest.mark.slow
+def test_a_nightly_where_nothing_ran_is_not_green(tmp_path):
+    """Every test skipped (no CUDA): the real tiers exit 14 (the plugin's 'nothing measured'); the nightly fails."""
+    nothing = tmp_path / "nothing-ran.sh"
+    nothing.write_text('echo "80 skipped: no CUDA"; exit 14\n')
+    done = run(tmp_path, "--skip-install", "--date", "2026-11-22",
+               env_extra={"NIGHTLY_GPU_TIER": str(nothing), "NIGHTLY_PERF_TIER": str(nothing)})
+    assert done.returncode != 0, done.stdout + done.stderr
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| numerics | 14 | nothing measured |" in summary and "| perf | 14 | nothing measured |" in summary
