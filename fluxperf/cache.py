@@ -31,6 +31,17 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from .caching import (
+    attach,
+    check_not_compiled,
+    check_steps,
+    check_variant,
+    detach,
+    enabled_cache,
+    pipeline_class_patched,
+    state_of,
+    step_stats,
+)
 from .errors import FluxperfError, RecipeError
 from .optional import require
 
@@ -39,7 +50,7 @@ COMPILE_HINT = {"scope": "regional", "fullgraph": True,
                 "why": "cache-dit decides in eager Python between blocks; each repeated block compiles as one "
                        "full graph. Whole-model fullgraph=True fails on cache-dit's mock.patch forward wrapper."}
 
-_STATE_ATTR = "_fluxperf_cache_dit"
+KIND = "cache_dit"  # this cache's name in fluxperf.caching (and in cache_stats' reports)
 
 
 @dataclass
@@ -54,49 +65,7 @@ class _State:
     hook: Any = None
 
 
-# -- shared checks (also used by fluxperf.fbcache) ---------------------------------------------------------
-def check_variant(variant: str, pipe, what: str) -> None:
-    """Refuse schnell (by name or by a transformer without guidance embedding): 4 steps leave nothing to cache."""
-    from .models import variant_of
-
-    if variant not in ("dev", "kontext", "schnell"):
-        raise RecipeError(f"{what}: variant={variant!r} is not a FLUX.1 variant. Fix: use 'dev' or 'kontext'.")
-    if variant == "schnell" or variant_of(pipe) == "schnell":
-        raise RecipeError(
-            f"{what} with variant='schnell': schnell samples in 4 steps and the cache's warm-up steps alone "
-            "exceed them (the first steps are always computed), so nothing would be served from the cache while "
-            f"the hooks still cost time. Fix: use variant 'dev' or 'kontext' (28 steps), or disable {what}."
-        )
-
-
-def is_compiled(transformer) -> bool:
-    """True if the transformer (whole) or any of its blocks (regional) has been torch.compile'd."""
-    import torch
-
-    if isinstance(transformer, torch._dynamo.eval_frame.OptimizedModule):
-        return True
-    return any(getattr(m, "_compiled_call_impl", None) is not None for m in transformer.modules())
-
-
-def check_not_compiled(transformer, what: str) -> None:
-    if is_compiled(transformer):
-        raise RecipeError(
-            f"{what} on an already compiled transformer: the cache replaces the transformer's and blocks' forward "
-            "paths, which compiled code has already captured. Fix: apply caching before torch.compile "
-            "(fluxperf.apply does: ... quantize -> caching -> compile)."
-        )
-
-
-def check_steps(num_inference_steps: Any, warmup: int, what: str) -> None:
-    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-        raise RecipeError(f"{what}: num_inference_steps={num_inference_steps!r} must be a positive integer.")
-    if num_inference_steps <= warmup:
-        raise RecipeError(
-            f"{what}: num_inference_steps={num_inference_steps} <= warm-up steps {warmup}: every step is a warm-up "
-            "step, so nothing can be cached. Fix: more steps (dev/kontext use 28) or fewer warm-up steps."
-        )
-
-
+# -- helpers ------------------------------------------------------------------------------------------------
 def flux_block_count(transformer) -> int:
     """FLUX blocks in cache-dit's unified list: double + single (57 for the real model)."""
     return len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
@@ -196,13 +165,10 @@ def cache_dit_stats(pipe) -> dict:
             "Fix: leave CACHE_DIT_FLUX_ENABLE_DUMMY_BLOCKS unset (one unified block list)."
         )
     s = stats[0]
-    cached = sorted(int(i) for i in s.cached_steps)
-    total = int(s.accumulated_executed_steps)
-    return {"cached_steps": len(cached), "executed_steps": total - len(cached), "total_steps": total,
-            "cached_step_indices": cached,
-            # cache-dit logs -1.0 for "threshold >= 1: always cache, no diff computed"; keep real measurements only
-            "residual_diffs": {int(k): float(v) for k, v in s.residual_diffs.items() if float(v) >= 0},
-            "num_inference_steps": state.num_inference_steps}
+    counts = step_stats(sorted(int(i) for i in s.cached_steps), int(s.accumulated_executed_steps),
+                        state.num_inference_steps)
+    # cache-dit logs -1.0 for "threshold >= 1: always cache, no diff computed"; keep real measurements only
+    return {**counts, "residual_diffs": {int(k): float(v) for k, v in s.residual_diffs.items() if float(v) >= 0}}
 
 
 def disable_cache_dit(pipe) -> None:
@@ -231,7 +197,7 @@ def disable_cache_dit(pipe) -> None:
     modules = transformer._modules
     order = [n for n in state.module_order if n in modules] + [n for n in modules if n not in state.module_order]
     transformer._modules = type(modules)((name, modules[name]) for name in order)
-    delattr(pipe, _STATE_ATTR)
+    detach(pipe, KIND)
 
 
 def refresh_cache_dit(pipe, num_inference_steps: int) -> dict:
@@ -262,7 +228,7 @@ def refresh_cache_dit(pipe, num_inference_steps: int) -> dict:
 
 def is_cache_dit_enabled(pipe) -> bool:
     """True if apply_cache_dit enabled cache-dit on `pipe` (and disable_cache_dit has not run since)."""
-    return getattr(pipe, _STATE_ATTR, None) is not None
+    return enabled_cache(pipe) == KIND
 
 
 # -- internals -----------------------------------------------------------------------------------------------
@@ -270,7 +236,7 @@ def _enable(pipe, state: _State) -> None:
     cache_dit = require("cache_dit")
     cache_dit.enable_cache(pipe, cache_config=dbcache_config(state.cfg, state.num_inference_steps))
     state.hook = pipe.transformer.register_forward_pre_hook(_step_guard(pipe, state.num_inference_steps))
-    setattr(pipe, _STATE_ATTR, state)
+    attach(pipe, KIND, state)
 
 
 def _step_guard(pipe, expected: int):
@@ -299,7 +265,7 @@ def _check_free(pipe, what: str) -> None:
     cls = type(pipe)
     if is_cache_dit_enabled(pipe):
         raise RecipeError(f"{what}: cache-dit is already enabled on this pipeline. Fix: disable_cache_dit(pipe) first.")
-    if getattr(cls, "_is_cached", False) or "_original_call" in cls.__dict__:
+    if pipeline_class_patched(cls):
         raise RecipeError(
             f"{what}: cache-dit is already enabled on another {cls.__name__} in this process (it patches the "
             "pipeline class's __call__). Fix: disable it there first (fluxperf.cache.disable_cache_dit)."
@@ -313,7 +279,5 @@ def _check_free(pipe, what: str) -> None:
 
 
 def _state(pipe, what: str) -> _State:
-    state = getattr(pipe, _STATE_ATTR, None)
-    if state is None:
-        raise FluxperfError(f"{what}: cache-dit is not enabled on this pipeline. Fix: apply_cache_dit(pipe, ...) first.")
-    return state
+    return state_of(pipe, KIND, f"{what}: cache-dit is not enabled on this pipeline. "
+                                "Fix: apply_cache_dit(pipe, ...) first.")

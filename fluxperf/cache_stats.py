@@ -1,7 +1,8 @@
 """Which block cache is on a pipeline, and how many steps its last call served from the cache.
 
 One entry point for the ladder and the benchmarks, whichever cache (cache-dit DBCache or diffusers' first-block
-cache) apply() enabled. Importing this module imports neither cache-dit nor diffusers' hooks.
+cache) apply() enabled: it reads fluxperf.caching's record and calls the public functions of fluxperf.cache /
+fluxperf.fbcache. Importing this module imports neither cache-dit nor diffusers' hooks.
 """
 
 from __future__ import annotations
@@ -10,14 +11,10 @@ from typing import Any
 
 
 def active_cache(pipe) -> str | None:
-    """"cache_dit", "first_block" or None: the block cache enabled on `pipe` by fluxperf."""
-    from . import cache, fbcache
+    """"cache_dit", "first_block" or None: the block cache enabled on `pipe` by fluxperf (fluxperf.caching)."""
+    from .caching import enabled_cache
 
-    if getattr(pipe, cache._STATE_ATTR, None) is not None:
-        return "cache_dit"
-    if getattr(pipe, fbcache._STATE_ATTR, None) is not None:
-        return "first_block"
-    return None
+    return enabled_cache(pipe)
 
 
 def last_call_cache_stats(pipe) -> dict[str, Any] | None:
@@ -44,6 +41,8 @@ def last_call_cache_stats(pipe) -> dict[str, Any] | None:
 
 def disable_active_cache(pipe) -> str | None:
     """Disable whichever block cache fluxperf enabled on `pipe`; returns its kind (None: there was none).
+
+    Only the cache: the other stages of an apply() stay (fluxperf.apply.remove undoes them all, this included).
 
     cache-dit patches the pipeline *class*, so a cache left on one pipeline refuses every other pipeline of that
     class in the process: whoever enables a cache for one measurement disables it afterwards.

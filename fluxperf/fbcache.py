@@ -36,14 +36,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import check_not_compiled, check_steps, check_variant, is_cache_dit_enabled
+from .caching import attach, check_not_compiled, check_steps, check_variant, detach, enabled_cache, state_of, step_stats
 from .errors import FluxperfError, RecipeError, UnavailableError
 
 COMPILE_HINT = {"scope": "regional", "fullgraph": False,
                 "why": "the head block's FBC hook calls a torch.compiler.disable'd decision inside the compiled "
                        "block: fullgraph=True fails; fullgraph=False breaks the head block's graph once per step."}
 
-_STATE_ATTR = "_fluxperf_fbc"
+KIND = "first_block"  # this cache's name in fluxperf.caching (and in cache_stats' reports)
 
 
 @dataclass
@@ -112,7 +112,7 @@ def apply_first_block_cache(pipe, cfg, *, variant: str, num_inference_steps: int
     ]
     state.check_inputs = _reset_at_call_start(pipe, state)
     pipe.check_inputs = state.check_inputs
-    setattr(pipe, _STATE_ATTR, state)
+    attach(pipe, KIND, state)
     return dict(state.report)
 
 
@@ -132,9 +132,7 @@ def first_block_cache_stats(pipe) -> dict:
     """
     state = _state(pipe, "first_block_cache_stats")
     cached = [i for i, computed in enumerate(state.decisions) if not computed]
-    total = len(state.decisions)
-    return {"cached_steps": len(cached), "executed_steps": total - len(cached), "total_steps": total,
-            "cached_step_indices": cached, "num_inference_steps": state.report["num_inference_steps"]}
+    return step_stats(cached, len(state.decisions), state.report["num_inference_steps"])
 
 
 def disable_first_block_cache(pipe) -> None:
@@ -153,12 +151,12 @@ def disable_first_block_cache(pipe) -> None:
         del pipe.check_inputs
     _close_own_context(state)
     pipe.transformer.disable_cache()
-    delattr(pipe, _STATE_ATTR)
+    detach(pipe, KIND)
 
 
 def is_first_block_cache_enabled(pipe) -> bool:
     """True if apply_first_block_cache enabled FBC on `pipe` (and disable_first_block_cache has not run since)."""
-    return getattr(pipe, _STATE_ATTR, None) is not None
+    return enabled_cache(pipe) == KIND
 
 
 # -- internals -----------------------------------------------------------------------------------------------
@@ -177,7 +175,7 @@ def _check_free(pipe, what: str) -> None:
     transformer = pipe.transformer
     if is_first_block_cache_enabled(pipe):
         raise RecipeError(f"{what} is already enabled on this pipeline. Fix: disable_first_block_cache(pipe) first.")
-    if is_cache_dit_enabled(pipe) or getattr(transformer, "_is_cached", False):
+    if enabled_cache(pipe) == "cache_dit" or getattr(transformer, "_is_cached", False):
         raise RecipeError(
             f"{what} with cache_dit enabled on the same pipeline: both cache the transformer's blocks and would "
             "fight over them. Fix: enable only one (fluxperf.cache.disable_cache_dit first)."
@@ -273,9 +271,5 @@ def _post_hook(state: _State):
 
 
 def _state(pipe, what: str) -> _State:
-    state = getattr(pipe, _STATE_ATTR, None)
-    if state is None:
-        raise FluxperfError(
-            f"{what}: the first-block cache is not enabled on this pipeline. Fix: apply_first_block_cache(pipe, ...)."
-        )
-    return state
+    return state_of(pipe, KIND, f"{what}: the first-block cache is not enabled on this pipeline. "
+                                "Fix: apply_first_block_cache(pipe, ...).")
