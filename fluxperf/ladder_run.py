@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import gc
 import re
 import time
 import traceback
@@ -176,68 +175,58 @@ def run_ladder(options: LadderOptions, progress: Callable[[str], None] = print) 
 
 def _prompt_embeddings(opts: LadderOptions, spec, progress) -> dict:
     """Encode the prompt once with the text encoders (then free them): every rung gets the same embeddings."""
-    from .models import build_pipeline
+    from .runner import prepared
 
     t0 = time.perf_counter()
-    pipe = build_pipeline(opts.variant, opts.size, seed=opts.seed, device=opts.device, dtype="bfloat16",
-                          checkpoint=opts.checkpoint)
-    prompt_embeds, pooled, _ = pipe.encode_prompt(opts.prompt, prompt_2=None, device=opts.device,
-                                                  num_images_per_prompt=opts.batch,
-                                                  max_sequence_length=spec.text_tokens)
-    embeds = {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
-    del pipe
-    _free(opts.device)
+    with prepared(opts.variant, opts.size, None, device=opts.device, dtype="bfloat16", seed=opts.seed,
+                  text_encoders=True, checkpoint=opts.checkpoint) as run:
+        prompt_embeds, pooled, _ = run.pipe.encode_prompt(opts.prompt, prompt_2=None, device=opts.device,
+                                                          num_images_per_prompt=opts.batch,
+                                                          max_sequence_length=spec.text_tokens)
     progress(f"[ladder] prompt encoded with the text encoders in {time.perf_counter() - t0:.1f} s")
-    return embeds
+    return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
 
 
 def _run_rung(name: str, opts: LadderOptions, spec, embeds: dict, progress) -> RungResult:
+    """Build, apply and measure one rung through fluxperf.runner.prepared (freed whatever happens)."""
+    from .runner import prepared
+
     result = RungResult(rung=name)
     try:
-        _measure_rung(result, name, opts, spec, embeds, progress)
+        recipe = recipe_from(name)
+        with prepared(opts.variant, opts.size, recipe, device=opts.device, spec=spec, steps=opts.steps,
+                      seed=opts.seed, checkpoint=opts.checkpoint,
+                      before_apply=lambda _pipe: _reset_peak_memory(opts.device)) as run:
+            _measure_applied(result, name, opts, spec, embeds, progress, run)
     except Exception as exc:  # recorded, shown in the table, and turned into a failing exit status
         result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
         progress(f"[ladder] {name}: FAILED: {result.error}\n{traceback.format_exc(limit=3)}")
-    finally:
-        _free(opts.device)
     return result
 
 
-def _measure_rung(result: RungResult, name: str, opts: LadderOptions, spec, embeds: dict, progress) -> None:
+def _reset_peak_memory(device: str) -> None:
+    """Peak memory of a rung counts from its built pipeline on (apply included)."""
     import torch
 
-    from .cache_stats import disable_active_cache
-    from .models import build_pipeline
-
-    recipe = recipe_from(name)
-    pipe = build_pipeline(opts.variant, opts.size, seed=opts.seed, device=opts.device, dtype=recipe.dtype,
-                          text_encoders=False, checkpoint=opts.checkpoint)
-    pipe.set_progress_bar_config(disable=True)
-    if opts.device.startswith("cuda"):
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    try:
-        _measure_applied(result, name, opts, spec, embeds, progress, pipe, recipe)
-    finally:
-        disable_active_cache(pipe)  # cache-dit patches the pipeline class: the next rung needs it off
 
 
-def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, embeds: dict, progress, pipe,
-                     recipe) -> None:
-    """Apply the rung's recipe to the built pipeline, then time its image and one transformer step."""
+def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, embeds: dict, progress, run) -> None:
+    """Time the applied pipeline's image and one transformer step (`run`: fluxperf.runner.Prepared)."""
     import torch
 
-    from .apply import apply
     from .cache_stats import last_call_cache_stats
-    from .shapes import transformer_inputs
+    from .shapes import initial_latents, transformer_inputs
     from .timing import time_fn
 
-    t0 = time.perf_counter()
-    stack = apply(pipe, recipe, spec=spec, num_inference_steps=opts.steps, variant=opts.variant)
-    result.apply_s, result.applied = time.perf_counter() - t0, stack.to_dict()
+    pipe, stack = run.pipe, run.stack
+    result.apply_s, result.applied = run.setup_s, stack.to_dict()
     dtype = pipe.transformer.dtype
+    dims = dims_of_pipeline(pipe)
     call = image_call(pipe, opts.variant, spec, steps=opts.steps, seed=opts.seed,
                       embeds={k: v.to(dtype) for k, v in embeds.items()},
-                      latents=initial_latents(spec, dims_of_pipeline(pipe), opts.seed).to(opts.device, dtype))
+                      latents=initial_latents(spec, dims, opts.seed, device=opts.device, dtype=dtype))
 
     def say(msg):
         progress(f"[ladder] {name} image {msg}")
@@ -246,7 +235,7 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
     result.image_ms, result.image = image_t.summary(), call()
     cache = last_call_cache_stats(pipe)
     result.cached_steps = cache["cached_steps"] if cache else None
-    inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device=opts.device, dtype=dtype, seed=opts.seed)
+    inputs = transformer_inputs(spec, dims, device=opts.device, dtype=dtype, seed=opts.seed)
     with torch.inference_mode():
         step_t = time_fn(lambda: pipe.transformer(**inputs), warmup=2, rounds=opts.step_rounds, device=opts.device)
     result.step_ms = step_t.summary()
@@ -256,16 +245,6 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
     progress(f"[ladder] {name}: image {image_t.median_ms:.1f} ms (p90 {image_t.p90_ms:.1f}), "
              f"step {step_t.median_ms:.2f} ms, apply {result.apply_s:.1f} s, first call "
              f"{image_t.warmup_ms[0] if image_t.warmup_ms else float('nan'):.0f} ms")
-
-
-def initial_latents(spec, dims, seed: int):
-    """Packed initial noise (B, (H/16)*(W/16), in_channels), drawn in float32 so every rung (fp32, bf16, ...)
-    starts from the same noise up to rounding; Kontext's conditioning tokens come from its input image."""
-    import torch
-
-    h, w = spec.latent_hw
-    g = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn((spec.batch, h * w, dims.in_channels), generator=g, dtype=torch.float32)
 
 
 def image_call(pipe, variant: str, spec, *, steps: int, seed: int, embeds: dict, latents, output_type="pil"):
@@ -326,13 +305,4 @@ def _add_image_metrics(results: list[RungResult], reference: str) -> None:
             r.psnr_db, r.ssim, r.max_abs_error = m["psnr_db"], m["ssim"], m["max_abs_error"]
 
 
-def _free(device: str) -> None:
-    import torch
-
-    gc.collect()
-    torch._dynamo.reset()  # compiled code of a finished rung must not leak into the next one
-    if str(device).startswith("cuda"):
-        torch.cuda.empty_cache()
-
-
-__all__ = ["LadderOptions", "LadderResult", "RungResult", "run_ladder", "image_call", "initial_latents", "LADDER"]
+__all__ = ["LadderOptions", "LadderResult", "RungResult", "run_ladder", "image_call", "LADDER"]

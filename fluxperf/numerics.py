@@ -18,25 +18,20 @@ PROMPT_SEED, NOISE_SEED = 1234, 0
 
 
 def fixed_inputs(pipe, spec_args) -> dict[str, Any]:
-    """Seeded inputs for one forward, one VAE decode and one image of `pipe` (on its device/dtype)."""
-    import torch
-
-    from .ladder_run import initial_latents
+    """Seeded inputs for one forward, one VAE decode and one image of `pipe` (on its device/dtype), all from
+    fluxperf.shapes: prompt embeddings (PROMPT_SEED), transformer inputs, VAE latents and noise (NOISE_SEED)."""
     from .model_configs import dims_of_pipeline
-    from .shapes import ShapeSpec, transformer_inputs, vae_latents
+    from .shapes import ShapeSpec, initial_latents, stand_in_prompt_embeds, transformer_inputs, vae_latents
 
     spec = ShapeSpec(*spec_args)
     dims = dims_of_pipeline(pipe)
     device, dtype = pipe.transformer.device, pipe.transformer.dtype
-    g = torch.Generator("cpu").manual_seed(PROMPT_SEED)
-    embeds = torch.randn((spec.batch, spec.text_tokens, dims.joint_attention_dim), generator=g)
-    pooled = torch.randn((spec.batch, dims.pooled_projection_dim), generator=g)
     return {
         "spec": spec,
         "transformer": transformer_inputs(spec, dims, device=device, dtype=dtype, seed=NOISE_SEED),
         "latents": vae_latents(spec, dims, device=device, dtype=dtype, seed=NOISE_SEED),
-        "prompt_embeds": embeds.to(device, dtype), "pooled_prompt_embeds": pooled.to(device, dtype),
-        "noise": initial_latents(spec, dims, NOISE_SEED).to(device, dtype),
+        **stand_in_prompt_embeds(spec, dims, seed=PROMPT_SEED, device=device, dtype=dtype),
+        "noise": initial_latents(spec, dims, NOISE_SEED, device=device, dtype=dtype),
     }
 
 
@@ -55,19 +50,24 @@ def image_of(pipe, inputs: dict, steps: int = 4):
 
 
 def measure_rung(name: str, reference: dict, *, variant: str = "schnell", size: str = "full") -> dict[str, Any]:
-    """Build, apply and measure one rung against `reference` (see tests/gpu/conftest.py for its keys)."""
-    import torch
-
-    from .apply import apply
+    """Build, apply and measure one rung against `reference` (see tests/gpu/conftest.py for its keys), through
+    fluxperf.runner.prepared: the pipeline is freed (and dynamo reset) when this returns or raises."""
     from .ladder import recipe_from
-    from .metrics import compare_images, relative_error
-    from .models import build_pipeline
+    from .runner import prepared
 
     recipe = recipe_from(name)
+    with prepared(variant, size, recipe, device="cuda", spec=reference["inputs"]["spec"], steps=4) as run:
+        return _measure(name, recipe, run.pipe, run.stack, reference)
+
+
+def _measure(name: str, recipe, pipe, stack, reference: dict) -> dict[str, Any]:
+    """The measurements of measure_rung on the applied pipeline (a function of its own: its locals, which hold
+    the pipeline, are gone before the protocol frees it)."""
+    import torch
+
+    from .metrics import compare_images, relative_error
+
     inputs = reference["inputs"]
-    pipe = build_pipeline(variant, size, device="cuda", dtype=recipe.dtype, text_encoders=False)
-    pipe.set_progress_bar_config(disable=True)
-    stack = apply(pipe, recipe, spec=inputs["spec"], num_inference_steps=4)
     counters = _dynamo_counters()
     counters.clear()
     with torch.inference_mode():
@@ -77,7 +77,8 @@ def measure_rung(name: str, reference: dict, *, variant: str = "schnell", size: 
     graphs_after_first = counters["stats"]["unique_graphs"]
     with torch._dynamo.config.patch(error_on_recompile=True):  # steps 2..n and a 2nd image: no recompiles
         image_again = image_of(pipe, inputs)
-    result = {
+    attention = stack.step("attention")
+    return {
         "rung": name, "applied": stack.to_dict(),
         "forward_rel_err": relative_error(forward, reference["forward"]),
         "vae_rel_err": relative_error(vae, reference["vae"]),
@@ -89,26 +90,12 @@ def measure_rung(name: str, reference: dict, *, variant: str = "schnell", size: 
         "compiled_modules": (stack.compile or {}).get("compiled_modules", 0),
         "float8_count": stack.float8_linear_count,
         "float8_expected": _eligible_linears(pipe.transformer) if recipe.quantize.enabled else 0,
-        "attention": stack.step("attention"),
-        "attention_op_calls": _op_calls_per_forward(pipe, inputs, (stack.step("attention") or {}).get("op")),
+        "attention": attention,
+        "attention_op_calls": _op_calls_per_forward(pipe, inputs, (attention or {}).get("op")),
         "vae_channels_last": pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
         "fused_modules": (stack.step("fuse_qkv") or {}).get("fused_attention_modules", 0),
         "attention_modules": sum(type(m).__name__ == "FluxAttention" for m in pipe.transformer.modules()),
     }
-    del pipe
-    return result
-
-
-def free_gpu() -> None:
-    """Drop compiled code and cached blocks so the next full-size model fits (one model at a time)."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    torch._dynamo.reset()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _cast(transformer_inputs: dict, pipe) -> dict:

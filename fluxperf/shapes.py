@@ -211,3 +211,35 @@ def vae_latents(spec: ShapeSpec, dims: ModelDims, *, device="cpu", dtype=None, s
 
     g = torch.Generator("cpu").manual_seed(seed)
     return torch.randn(spec.vae_latent_shape(dims), generator=g).to(device=device, dtype=dtype or torch.bfloat16)
+
+
+def initial_latents(spec: ShapeSpec, dims: ModelDims, seed: int = 0, *, device="cpu", dtype=None):
+    """Packed initial noise (B, (H/16)*(W/16), in_channels) for a pipeline call's `latents=`.
+
+    Drawn in float32 on the CPU, then moved to `device`/`dtype` (None: float32 kept), so every rung (fp32, bf16,
+    ...) starts from the same noise up to rounding. Kontext's conditioning tokens come from its input image, not
+    from here.
+    """
+    import torch
+
+    h, w = spec.latent_hw
+    g = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((spec.batch, h * w, dims.in_channels), generator=g, dtype=torch.float32)
+    return noise.to(device=device, dtype=dtype)
+
+
+def stand_in_prompt_embeds(spec: ShapeSpec, dims: ModelDims, *, seed: int = 0, device="cpu", dtype=None) -> dict:
+    """Seeded stand-ins for the text encoders' outputs, so a pipeline runs without CLIP and T5.
+
+    Returns:
+        {"prompt_embeds": (B, text_tokens, joint_attention_dim) (T5), "pooled_prompt_embeds":
+        (B, pooled_projection_dim) (CLIP pooled)}: standard normal, drawn in that order from one CPU generator
+        seeded with `seed` in float32, then moved to `device`/`dtype` (None: float32 kept).
+    """
+    import torch
+
+    g = torch.Generator("cpu").manual_seed(seed)
+    embeds = torch.randn((spec.batch, spec.text_tokens, dims.joint_attention_dim), generator=g)
+    pooled = torch.randn((spec.batch, dims.pooled_projection_dim), generator=g)
+    return {"prompt_embeds": embeds.to(device=device, dtype=dtype),
+            "pooled_prompt_embeds": pooled.to(device=device, dtype=dtype)}

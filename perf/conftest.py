@@ -1,16 +1,16 @@
 """Fixtures of the GPU perf tier: full-size synthetic FLUX.1 pipelines at 1024x1024, batch 1 (schnell by default;
 dev and Kontext in perf/test_variants.py).
 
-Every benchmark builds a fresh pipeline, applies one ladder rung inside a fresh inductor cache (so the first
-call is a cold compile), measures through fluxperf.bench.harness.Bench, then frees the GPU: one full-size
-model on the GPU at a time. FLUXPERF_INJECT_SLOWDOWN=<fraction> (test-only) hooks extra matmuls into the
-transformer blocks before optimization, for the regression demo.
+Every benchmark builds a fresh pipeline and applies one ladder rung through fluxperf.runner.prepared, inside a
+fresh inductor cache (so the first call is a cold compile), measures through fluxperf.bench.harness.Bench, then
+frees the GPU: one full-size model on the GPU at a time. FLUXPERF_INJECT_SLOWDOWN=<fraction> (test-only) hooks
+extra matmuls into the transformer blocks before optimization, for the regression demo.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 import traceback
 
 import pytest
@@ -81,10 +81,9 @@ class PerfRunner:
         from fluxperf.shapes import transformer_inputs
 
         recipe = require_rung(rung_name)
-        with fresh_compile_cache():
-            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=False, spec=spec)
-            inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device="cuda", dtype=torch.bfloat16)
-            transformer = pipe.transformer
+        with fresh_compile_cache(), self._prepared(recipe, text_encoders=False, spec=spec) as (run, dyn0, info):
+            inputs = transformer_inputs(spec, dims_of_pipeline(run.pipe), device="cuda", dtype=torch.bfloat16)
+            transformer = run.pipe.transformer
 
             def step():
                 with torch.no_grad():
@@ -93,22 +92,22 @@ class PerfRunner:
             first = timed_call(step)
             return Bench(self.request, self.benchmark).run(
                 step, rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(spec).total, first_call_s=first,
-                setup_s=setup_s, warm_compile=_warm_compile(step) if recipe.compile.enabled else None,
+                setup_s=run.setup_s, warm_compile=_warm_compile(step) if recipe.compile.enabled else None,
                 info=info, dyn_before=dyn0)
 
     def _vae_decode(self, rung_name: str) -> dict:
         import torch
 
-        from fluxperf.bench.harness import Bench, free_gpu, fresh_compile_cache, timed_call
+        from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
         from fluxperf.model_configs import dims_of_pipeline
+        from fluxperf.runner import free_gpu
         from fluxperf.shapes import vae_latents
 
         recipe = require_rung(rung_name)
-        with fresh_compile_cache():
-            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=False, slowdown=False)
-            latents = vae_latents(SPEC, dims_of_pipeline(pipe), device="cuda", dtype=torch.bfloat16)
-            vae = pipe.vae
-            pipe.transformer = None  # only the VAE stays on the GPU while it is measured
+        with fresh_compile_cache(), self._prepared(recipe, text_encoders=False, slowdown=False) as (run, dyn0, info):
+            latents = vae_latents(SPEC, dims_of_pipeline(run.pipe), device="cuda", dtype=torch.bfloat16)
+            vae = run.pipe.vae
+            run.pipe.transformer = None  # only the VAE stays on the GPU while it is measured
             free_gpu()
 
             def decode():
@@ -117,7 +116,7 @@ class PerfRunner:
 
             first = timed_call(decode)
             return Bench(self.request, self.benchmark).run(
-                decode, rounds=VAE_ROUNDS, warmup_rounds=3, first_call_s=first, setup_s=setup_s,
+                decode, rounds=VAE_ROUNDS, warmup_rounds=3, first_call_s=first, setup_s=run.setup_s,
                 warm_compile=_warm_compile(decode) if recipe.compile.enabled else None, info=info, dyn_before=dyn0)
 
     def _end_to_end(self, rung_name: str) -> dict:
@@ -126,8 +125,8 @@ class PerfRunner:
         from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
 
         recipe = require_rung(rung_name)
-        with fresh_compile_cache():
-            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=True)
+        with fresh_compile_cache(), self._prepared(recipe, text_encoders=True) as (run, dyn0, info):
+            pipe = run.pipe
 
             def generate():
                 with torch.no_grad():
@@ -137,7 +136,7 @@ class PerfRunner:
 
             first = timed_call(generate)
             return Bench(self.request, self.benchmark).run(
-                generate, rounds=E2E_ROUNDS, warmup_rounds=2, first_call_s=first, setup_s=setup_s,
+                generate, rounds=E2E_ROUNDS, warmup_rounds=2, first_call_s=first, setup_s=run.setup_s,
                 warm_compile=_warm_compile(generate) if recipe.compile.enabled else None, info=info,
                 dyn_before=dyn0)
 
@@ -145,64 +144,61 @@ class PerfRunner:
         import torch
 
         from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
-        from fluxperf.cache_stats import disable_active_cache, last_call_cache_stats
-        from fluxperf.ladder_run import image_call, initial_latents
+        from fluxperf.cache_stats import last_call_cache_stats
+        from fluxperf.ladder_run import image_call
         from fluxperf.model_configs import dims_of_pipeline
+        from fluxperf.shapes import initial_latents, stand_in_prompt_embeds
 
         recipe = require_rung(recipe)
-        with fresh_compile_cache():
-            pipe, stack, setup_s, dyn0, info = self._prepare(recipe, text_encoders=False, spec=spec, steps=steps)
-            try:
-                dims = dims_of_pipeline(pipe)
-                g = torch.Generator("cpu").manual_seed(0)
-                # seeded stand-ins for T5 (B, text, 4096) and CLIP pooled (B, 768): the text encoders stay off
-                embeds = {"prompt_embeds": torch.randn(spec.batch, spec.text_tokens, dims.joint_attention_dim,
-                                                       generator=g).to("cuda", torch.bfloat16),
-                          "pooled_prompt_embeds": torch.randn(spec.batch, dims.pooled_projection_dim,
-                                                              generator=g).to("cuda", torch.bfloat16)}
-                latents = initial_latents(spec, dims, 0).to("cuda", torch.bfloat16)
-                generate = image_call(pipe, spec.variant, spec, steps=steps, seed=0, embeds=embeds, latents=latents,
-                                      output_type="np")
-                first = timed_call(generate)
-                cache = last_call_cache_stats(pipe)  # of the first (compiling) call: same inputs as every round
-                info = {**info, "steps": steps, "cache": cache}
-                return Bench(self.request, self.benchmark).run(
-                    generate, rounds=IMAGE_ROUNDS, warmup_rounds=1, first_call_s=first, setup_s=setup_s,
-                    warm_compile=_warm_compile(generate) if recipe.compile.enabled else None, info=info,
-                    dyn_before=dyn0, count_kernels=cache is None,
-                    extra_proxies={"cached_steps": cache["cached_steps"]} if cache else None)
-            finally:
-                disable_active_cache(pipe)  # cache-dit patches the pipeline class: later benchmarks need it off
+        # the protocol disables the block cache afterwards: cache-dit patches the pipeline class
+        with fresh_compile_cache(), self._prepared(recipe, text_encoders=False, spec=spec, steps=steps) as (
+                run, dyn0, info):
+            pipe, dims = run.pipe, dims_of_pipeline(run.pipe)
+            # seeded stand-ins for T5 and CLIP pooled: the text encoders stay off
+            embeds = stand_in_prompt_embeds(spec, dims, seed=0, device="cuda", dtype=torch.bfloat16)
+            latents = initial_latents(spec, dims, 0, device="cuda", dtype=torch.bfloat16)
+            generate = image_call(pipe, spec.variant, spec, steps=steps, seed=0, embeds=embeds, latents=latents,
+                                  output_type="np")
+            first = timed_call(generate)
+            cache = last_call_cache_stats(pipe)  # of the first (compiling) call: same inputs as every round
+            info = {**info, "steps": steps, "cache": cache}
+            return Bench(self.request, self.benchmark).run(
+                generate, rounds=IMAGE_ROUNDS, warmup_rounds=1, first_call_s=first, setup_s=run.setup_s,
+                warm_compile=_warm_compile(generate) if recipe.compile.enabled else None, info=info,
+                dyn_before=dyn0, count_kernels=cache is None,
+                extra_proxies={"cached_steps": cache["cached_steps"]} if cache else None)
 
-    def _prepare(self, recipe, *, text_encoders: bool, slowdown: bool = True, spec: ShapeSpec = SPEC,
-                 steps: int = STEPS):
-        """Build the full pipeline on the GPU, maybe inject the test-only slowdown, apply the recipe (timed).
+    @contextlib.contextmanager
+    def _prepared(self, recipe, *, text_encoders: bool, slowdown: bool = True, spec: ShapeSpec = SPEC,
+                  steps: int = STEPS):
+        """fluxperf.runner.prepared for the perf tier: the full pipeline on the GPU in bf16, maybe the test-only
+        slowdown injected, the recipe applied (timed). Yields (Prepared, dynamo counts before apply, extra_info).
 
         Called inside fresh_compile_cache() (TORCHINDUCTOR_CACHE_DIR is the fresh directory).
         """
-        from fluxperf.apply import apply
         from fluxperf.bench.harness import dynamo_counts
         from fluxperf.bench.slowdown import install_slowdown, slowdown_fraction
-        from fluxperf.models import build_pipeline
+        from fluxperf.runner import prepared
 
         if recipe.export.enabled:  # packages inside the fresh inductor cache dir: cold, and deleted afterwards
             recipe = recipe.replace(export={"cache_dir": os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "aoti")})
-        pipe = build_pipeline(spec.variant, "full", device="cuda", dtype="bfloat16", text_encoders=text_encoders)
-        pipe.set_progress_bar_config(disable=True)
         fraction = slowdown_fraction() if slowdown else None
-        if fraction:
-            install_slowdown(pipe.transformer, fraction, spec)
-        dyn0 = dynamo_counts()
-        t0 = time.perf_counter()
-        stack = apply(pipe, recipe, spec=spec, num_inference_steps=steps, variant=spec.variant)
-        setup_s = time.perf_counter() - t0
-        info = {"rung": recipe.name, "spec": spec.key(), "applied": stack.to_dict(), "apply_s": setup_s,
-                "slowdown_injected": fraction}
-        return pipe, stack, setup_s, dyn0, info
+        dyn0 = {}
+
+        def before_apply(pipe):
+            if fraction:
+                install_slowdown(pipe.transformer, fraction, spec)
+            dyn0.update(dynamo_counts())
+
+        with prepared(spec.variant, "full", recipe, device="cuda", spec=spec, steps=steps, dtype="bfloat16",
+                      text_encoders=text_encoders, before_apply=before_apply) as run:
+            info = {"rung": recipe.name, "spec": spec.key(), "applied": run.stack.to_dict(), "apply_s": run.setup_s,
+                    "slowdown_injected": fraction}
+            yield run, dyn0, info
 
     def _freeing(self, fn, *args):
         """Run fn, then free the GPU; on failure clear the traceback's frames so they release the model."""
-        from fluxperf.bench.harness import free_gpu
+        from fluxperf.runner import free_gpu
 
         try:
             return fn(*args)

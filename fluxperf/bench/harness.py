@@ -18,7 +18,6 @@ Everything heavy is imported inside functions.
 from __future__ import annotations
 
 import contextlib
-import gc
 import statistics
 import time
 
@@ -47,16 +46,6 @@ def cuda_event_clock():
         return anchor.elapsed_time(event) / 1e3
 
     return cuda_event_clock
-
-
-def free_gpu() -> None:
-    """Release cached GPU memory after a model is dropped (call after `del`)."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager

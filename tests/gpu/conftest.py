@@ -65,18 +65,19 @@ def thresholds(gpu_identity, record_testsuite_property):
 @pytest.fixture(scope="session")
 def reference(gpu_slug):
     """bf16 eager outputs on fixed inputs (kept on the GPU; small): forward, VAE decode, image."""
+    from fluxperf.runner import prepared
+
+    with prepared("schnell", "full", None, device="cuda", dtype="bfloat16") as run:  # freed afterwards
+        return _reference_outputs(run.pipe)
+
+
+def _reference_outputs(pipe) -> dict:
     import torch
 
-    from fluxperf.models import build_pipeline
-    from fluxperf.numerics import fixed_inputs, free_gpu, image_of
+    from fluxperf.numerics import fixed_inputs, image_of
 
-    pipe = build_pipeline("schnell", "full", device="cuda", dtype="bfloat16", text_encoders=False)
-    pipe.set_progress_bar_config(disable=True)
     inputs = fixed_inputs(pipe, SPEC_ARGS)
     with torch.inference_mode():
-        ref = {"forward": pipe.transformer(**inputs["transformer"])[0].float(),
-               "vae": pipe.vae.decode(inputs["latents"], return_dict=False)[0].float(),
-               "image": image_of(pipe, inputs), "inputs": inputs}
-    del pipe
-    free_gpu()
-    return ref
+        return {"forward": pipe.transformer(**inputs["transformer"])[0].float(),
+                "vae": pipe.vae.decode(inputs["latents"], return_dict=False)[0].float(),
+                "image": image_of(pipe, inputs), "inputs": inputs}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from fluxperf.numerics import free_gpu
 from fluxperf.optional import install_hint, probe
+from fluxperf.runner import free_gpu
 
 pytestmark = [pytest.mark.gpu, pytest.mark.numerics]
 
