@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -126,3 +127,38 @@ def tiny_image_runner():
         return pipe, run
 
     return make
+
+
+def recipe_marks(name_or_recipe, *, check: bool = False) -> tuple[list, str | None]:
+    """The pytest marks of a rung name, dict or Recipe, and (with check=True) why it cannot run here.
+
+    Marks (fluxperf.requirements.requirements): one per optional package it needs (fa3, torchao, cache_dit,
+    aiter: the registered marker names are the package keys), gpu if a stage needs a GPU, export if the recipe
+    exports. They are static: collecting them probes and imports nothing.
+
+    Returns:
+        (marks, skip_reason): skip_reason is None unless check=True and something is missing on this machine
+        (fluxperf.requirements.missing with load=False: a package that is not installed or hardware that is not
+        there is a skip; an installed build that fails to import is not, so it fails where it is used).
+    Raises:
+        RecipeError: an invalid recipe or unknown rung name.
+
+    Test modules import it as `from root_conftest import recipe_marks` (see the alias below).
+    """
+    from fluxperf.apply import plan
+    from fluxperf.ladder import recipe_from
+    from fluxperf.requirements import missing, requirements
+
+    recipe = recipe_from(name_or_recipe)
+    needs = requirements(recipe)
+    names = [*needs.packages, *(["gpu"] if needs.gpu else []), *(["export"] if "export" in plan(recipe) else [])]
+    reason = None
+    if check and (lines := missing(recipe, load=False)):
+        reason = f"recipe {recipe.name!r} cannot run here: {'; '.join(lines)}"
+    return [getattr(pytest.mark, name) for name in names], reason
+
+
+# Every conftest.py outside a package is imported as "conftest", and pytest drops the previous one from sys.modules
+# before it loads the next (perf/, tests/gpu/): `import conftest` in a test module gets whichever came last. This
+# name stays this file's.
+sys.modules["root_conftest"] = sys.modules[__name__]

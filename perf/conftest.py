@@ -25,25 +25,16 @@ IMAGE_ROUNDS = 8  # 28-step images: dev ~3.9 s, Kontext ~2x; 8 rounds keep each 
 
 
 def require_rung(name_or_recipe):
-    """The rung's Recipe (a rung name or a Recipe), or skip naming the missing package and how to install it."""
-    from fluxperf.env import is_sm90
+    """The rung's Recipe (a rung name, dict or Recipe), or skip naming each missing package or GPU feature and how
+    to get it (fluxperf.requirements.missing, through the root conftest's recipe_marks)."""
+    from root_conftest import recipe_marks
+
     from fluxperf.ladder import recipe_from
-    from fluxperf.optional import PACKAGES, install_hint, probe
 
     recipe = recipe_from(name_or_recipe)
-    name = recipe.name
-    needs = []
-    if recipe.attention.backend in ("fa3", "fa3_fp8"):
-        needs.append("fa3")
-    if recipe.quantize.enabled:
-        needs.append("torchao")
-    if recipe.cache_dit.enabled:
-        needs.append("cache_dit")
-    for pkg in needs:
-        if not probe(pkg):
-            pytest.skip(f"rung {name!r} needs {PACKAGES[pkg].name}: {install_hint(pkg)}")
-    if "fa3" in needs and not is_sm90():
-        pytest.skip(f"rung {name!r} needs FlashAttention-3, which runs on sm90 (Hopper) GPUs only")
+    _, missing = recipe_marks(recipe, check=True)
+    if missing:
+        pytest.skip(missing)
     return recipe
 
 

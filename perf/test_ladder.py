@@ -8,6 +8,7 @@ Groups (--perf-group): see fluxperf.bench.pytest_plugin.GROUPS and perf/README.m
 from __future__ import annotations
 
 import pytest
+from root_conftest import recipe_marks
 
 # rung -> perf-tier group (each group runs cold in under 9 minutes on one H100)
 RUNG_GROUPS = {
@@ -20,13 +21,11 @@ RUNG_GROUPS = {
     "flags": "flags",
     "export": "export",
 }
-_EXTRA_MARKS = {"fa3_fp8": [pytest.mark.fa3], "float8": [pytest.mark.torchao],
-                "flags": [pytest.mark.fa3, pytest.mark.torchao], "export": [pytest.mark.fa3, pytest.mark.torchao,
-                                                                             pytest.mark.export]}
 
 
 def _params():
-    return [pytest.param(name, id=name, marks=[pytest.mark.perf_group(group), *_EXTRA_MARKS.get(name, [])])
+    """One param per rung, marked with its perf group and what the rung needs (fa3, torchao, gpu, export...)."""
+    return [pytest.param(name, id=name, marks=[pytest.mark.perf_group(group), *recipe_marks(name)[0]])
             for name, group in RUNG_GROUPS.items()]
 
 

@@ -12,6 +12,7 @@ group three times).
 from __future__ import annotations
 
 import pytest
+from root_conftest import recipe_marks
 
 from fluxperf.shapes import ShapeSpec
 
@@ -31,12 +32,12 @@ DEV_CONFIGS = {
     "fbcache": {"base": "compile", "name": "dev_fbcache", "compile": {"fullgraph": False},
                 "first_block_cache": {"enabled": True, "threshold": FBC_RANDOM_WEIGHTS}},
 }
-_CACHE_MARKS = {"cache_dit_f1b0": [pytest.mark.cache_dit]}
 
 
 def _dev_params():
-    return [pytest.param(name, id=name, marks=[pytest.mark.perf_group("dev_cache"), *_CACHE_MARKS.get(name, [])])
-            for name in DEV_CONFIGS]
+    """One param per dev config, marked with its perf group and what its recipe needs (cache_dit, ...)."""
+    return [pytest.param(name, id=name, marks=[pytest.mark.perf_group("dev_cache"), *recipe_marks(recipe)[0]])
+            for name, recipe in DEV_CONFIGS.items()]
 
 
 @pytest.mark.gpu

@@ -9,27 +9,26 @@ Set FLUXPERF_NUMERICS_RECORD=1 to also write the measured values to $OUT/numeric
 from __future__ import annotations
 
 import pytest
+from root_conftest import recipe_marks
 
-from fluxperf.optional import install_hint, probe
 from fluxperf.runner import free_gpu
 
 pytestmark = [pytest.mark.gpu, pytest.mark.numerics]
 
 RUNGS = ["compile", "fused_qkv", "channels_last", "fa3_fp8", "float8"]
-NEEDS = {"fa3_fp8": ["fa3"], "float8": ["fa3", "torchao"]}  # cumulative: float8 includes fa3_fp8
 FULL_TRANSFORMER_BLOCKS = 19 + 38
 
 
-@pytest.fixture(scope="module", params=RUNGS)
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=recipe_marks(name)[0]) for name in RUNGS])
 def measured(request, reference, numerics_record):
     import torch
 
     from fluxperf.numerics import measure_rung
 
     name = request.param
-    for package in NEEDS.get(name, []):
-        if not probe(package):
-            pytest.skip(f"rung {name} needs {package}: {install_hint(package)}")
+    _, missing = recipe_marks(name, check=True)
+    if missing:
+        pytest.skip(missing)
     try:
         result = measure_rung(name, reference)
     except torch.cuda.OutOfMemoryError as exc:
