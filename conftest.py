@@ -103,14 +103,15 @@ def tiny_image_runner():
     import numpy as np
     import torch
 
+    from fluxperf.model_configs import dims_of_pipeline
     from fluxperf.models import build_pipeline
+    from fluxperf.shapes import ShapeSpec, stand_in_prompt_embeds
 
     def make(variant: str, steps: int):
         pipe = build_pipeline(variant, "tiny", text_encoders=False, dtype="float32")
         pipe.set_progress_bar_config(disable=True)
-        g = torch.Generator().manual_seed(0)
-        embeds = {"prompt_embeds": torch.randn(1, 16, 32, generator=g),
-                  "pooled_prompt_embeds": torch.randn(1, 32, generator=g)}
+        # 16 text tokens keep the tiny calls short; float32, cast to the pipeline's dtype at each call
+        embeds = stand_in_prompt_embeds(ShapeSpec(variant, 64, 64, text_len=16), dims_of_pipeline(pipe), seed=0)
         extra = {}
         if variant == "kontext":
             from PIL import Image

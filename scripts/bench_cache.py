@@ -94,22 +94,18 @@ def _median3(values) -> float:
 class Bench:
     """One pipeline, one configuration at a time: enable, compile, warm up, time, measure, disable."""
 
-    def __init__(self, args):
+    def __init__(self, args, pipe, build_s: float):
+        """`pipe`: the dev pipeline fluxperf.runner.prepared built (bf16, no text encoders); `build_s`: its build time."""
         import torch
 
-        from fluxperf.models import build_pipeline
+        from fluxperf.model_configs import dims_of_pipeline
+        from fluxperf.shapes import ShapeSpec, stand_in_prompt_embeds
 
-        self.args, self.torch = args, torch
-        t0 = time.perf_counter()
+        self.args, self.torch, self.pipe, self.build_s = args, torch, pipe, build_s
         self.cuda = args.device.startswith("cuda")
-        self.pipe = build_pipeline("dev", args.model, device=args.device, dtype="bfloat16", text_encoders=False)
-        cfg, g = self.pipe.transformer.config, torch.Generator().manual_seed(0)
         # seeded stand-ins for the T5 (1, 512, 4096) and CLIP pooled (1, 768) embeddings: text encoders stay off
-        self.embeds = {
-            "prompt_embeds": torch.randn(1, 512, cfg.joint_attention_dim, generator=g).to(args.device, torch.bfloat16),
-            "pooled_prompt_embeds": torch.randn(1, cfg.pooled_projection_dim, generator=g).to(args.device, torch.bfloat16),
-        }
-        self.build_s = time.perf_counter() - t0
+        self.embeds = stand_in_prompt_embeds(ShapeSpec("dev", args.size, args.size), dims_of_pipeline(pipe), seed=0,
+                                             device=args.device, dtype=torch.bfloat16)
         self.reference = None
 
     def call(self) -> np.ndarray:
@@ -251,12 +247,19 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     import torch
 
-    from fluxperf.env import gpu_info, versions
+    from fluxperf.runner import prepared
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_cache: needs a CUDA GPU (run it on the H100), or --model tiny --device cpu.", file=sys.stderr)
         return 2
-    bench = Bench(args)
+    with prepared("dev", args.model, None, device=args.device, dtype="bfloat16") as built:  # freed afterwards
+        return run_all(args, Bench(args, built.pipe, built.build_s), t0)
+
+
+def run_all(args, bench: Bench, t0: float) -> int:
+    """Every configuration on `bench`'s pipeline (within the time budget), the JSON after each; exit status."""
+    from fluxperf.env import gpu_info, versions
+
     print(f"[bench_cache] built {args.model} dev pipeline in {bench.build_s:.1f} s", flush=True)
     only = set(args.only.split(",")) if args.only else None
     rows, plan = [], configs()

@@ -18,7 +18,6 @@ Run (H100, about 4-6 minutes cold):
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import time
@@ -74,6 +73,7 @@ def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: boo
 
     from fluxperf.export import apply_export, remove_export
     from fluxperf.model_configs import dims_of_pipeline
+    from fluxperf.runner import free_gpu
     from fluxperf.shapes import transformer_inputs
     from fluxperf.timing import time_fn
 
@@ -104,8 +104,7 @@ def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: boo
         f"package {res['package_ms']['median_ms']:.1f} ms", t0)
     remove_export(pipe)
     del report, runner, out
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_gpu()
 
     if reload:
         start = time.perf_counter()
@@ -116,9 +115,23 @@ def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: boo
         log(f"cached apply_export: {again['cache']} in {res['reload']['apply_s']:.2f} s", t0)
         remove_export(pipe)
         del again
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_gpu()
     return res
+
+
+def measure_all(args, pipe, recipe, t0: float, result: dict) -> list[dict]:
+    """The first resolution (cold, then a cached reload) and, if the time budget allows, --second (cold)."""
+    from fluxperf.shapes import ShapeSpec
+
+    runs = [measure(pipe, ShapeSpec(args.variant, *hw(args.size), args.batch), recipe, args.cache_dir, args.iters,
+                    t0, reload=True, weights=args.weights)]
+    if args.second:
+        if time.perf_counter() - t0 < args.budget_s:
+            runs.append(measure(pipe, ShapeSpec(args.variant, *hw(args.second), args.batch), recipe, args.cache_dir,
+                                args.iters, t0, reload=False, weights=args.weights))
+        else:
+            result["second_skipped"] = f"time budget {args.budget_s} s used up"
+    return runs
 
 
 def main(argv=None) -> int:
@@ -128,9 +141,8 @@ def main(argv=None) -> int:
 
     from fluxperf.env import fingerprint
     from fluxperf.io import atomic_write_json
-    from fluxperf.models import build_pipeline
     from fluxperf.recipe import Recipe
-    from fluxperf.shapes import ShapeSpec
+    from fluxperf.runner import prepared
 
     result = {"script": "bench_export", "args": vars(args), "ok": False}
     if not torch.cuda.is_available():
@@ -141,19 +153,10 @@ def main(argv=None) -> int:
     result["env"] = fingerprint(with_gpu=True)
     recipe = Recipe.from_dict({"name": "bench_export", "dtype": "bfloat16",
                                "export": {"enabled": True, "vae": args.vae, "cudagraphs": True}})
-    start = time.perf_counter()
-    pipe = build_pipeline(args.variant, "full", device="cuda", dtype="bfloat16", text_encoders=False)
-    result["build_pipeline_s"] = time.perf_counter() - start
-    log(f"pipeline built in {result['build_pipeline_s']:.1f} s", t0)
-
-    runs = [measure(pipe, ShapeSpec(args.variant, *hw(args.size), args.batch), recipe, args.cache_dir, args.iters,
-                    t0, reload=True, weights=args.weights)]
-    if args.second:
-        if time.perf_counter() - t0 < args.budget_s:
-            runs.append(measure(pipe, ShapeSpec(args.variant, *hw(args.second), args.batch), recipe, args.cache_dir,
-                                args.iters, t0, reload=False, weights=args.weights))
-        else:
-            result["second_skipped"] = f"time budget {args.budget_s} s used up"
+    with prepared(args.variant, "full", None, device="cuda", dtype="bfloat16") as built:  # freed afterwards
+        result["build_pipeline_s"] = built.build_s
+        log(f"pipeline built in {result['build_pipeline_s']:.1f} s", t0)
+        runs = measure_all(args, built.pipe, recipe, t0, result)
     result["runs"] = runs
     result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     errors = [r["rel_err_vs_eager"] for r in runs] + [runs[0]["reload"]["rel_err_vs_eager"]]

@@ -85,33 +85,42 @@ def _spec(args, size: str):
 
 
 def _profile_rung(args):
-    """Build, apply, time and profile one step of the rung; returns (table, step median ms, size, spec)."""
+    """Build, apply, time and profile one step of the rung (fluxperf.runner.prepared: freed afterwards);
+    returns (table, step median ms, size, spec)."""
     import torch
 
-    from ..apply import apply
-    from ..bench.kernels import profile_kernel_table
     from ..ladder import recipe_from
-    from ..model_configs import VARIANT_DEFAULTS, dims_of_pipeline
-    from ..models import build_pipeline
-    from ..shapes import transformer_inputs
-    from ..timing import time_fn
+    from ..model_configs import VARIANT_DEFAULTS
+    from ..runner import prepared
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     size = args.size or ("full" if device.startswith("cuda") else "tiny")
     spec = _spec(args, size)
-    recipe = recipe_from(args.rung)
-    pipe = build_pipeline(args.variant, size, device=device, dtype=recipe.dtype, text_encoders=False)
-    apply(pipe, recipe, spec=spec, num_inference_steps=VARIANT_DEFAULTS[args.variant]["steps"], variant=args.variant)
+    with prepared(args.variant, size, recipe_from(args.rung), device=device, spec=spec,
+                  steps=VARIANT_DEFAULTS[args.variant]["steps"]) as run:
+        table, step_ms = _profile_step(run.pipe, spec, device, args.rounds)
+    return table, step_ms, size, spec
+
+
+def _profile_step(pipe, spec, device: str, rounds: int):
+    """(kernel table of one transformer step, its median ms on CUDA / None on CPU)."""
+    import torch
+
+    from ..bench.kernels import profile_kernel_table
+    from ..model_configs import dims_of_pipeline
+    from ..shapes import transformer_inputs
+    from ..timing import time_fn
+
     inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device=device, dtype=pipe.transformer.dtype)
 
     def step():
         with torch.inference_mode():
             return pipe.transformer(**inputs)
 
-    timing = time_fn(step, warmup=3, rounds=args.rounds, device=device)  # warm-up compiles
+    timing = time_fn(step, warmup=3, rounds=rounds, device=device)  # warm-up compiles
     table = profile_kernel_table(step, warmup=1, iters=3, device="cuda" if device.startswith("cuda") else "cpu")
     # CPU profiles time ops on the host thread, which also covers what a GPU would call launch gaps: no gaps row
-    return table, (timing.median_ms if device.startswith("cuda") else None), size, spec
+    return table, (timing.median_ms if device.startswith("cuda") else None)
 
 
 def _write(out: Path, table, budget, text: str) -> None:
