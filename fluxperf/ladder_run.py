@@ -256,7 +256,7 @@ def image_call(pipe, variant: str, spec, *, steps: int, seed: int, embeds: dict,
         spec: the ShapeSpec (height, width, text tokens).
         steps, seed: denoising steps; seed of the generator and of Kontext's input image.
         embeds: {"prompt_embeds": (B, text, 4096), "pooled_prompt_embeds": (B, 768)} on the pipeline's device.
-        latents: packed initial noise (B, image tokens, in_channels), e.g. initial_latents(...).
+        latents: packed initial noise (B, image tokens, in_channels), e.g. fluxperf.shapes.initial_latents(...).
         output_type: "pil" (the first image) or "np".
 
     Example:
