@@ -154,6 +154,17 @@ def test_a_failing_apply_disables_the_cache_and_frees(monkeypatch, free_calls):
     assert active_cache(pipe) is None and free_calls == [1]
 
 
+def test_a_failing_measurement_disables_the_cache_and_frees(free_calls):
+    """The block raises while the first-block cache apply() enabled is on: the protocol turns it off."""
+    with pytest.raises(RuntimeError, match="measurement failed"):
+        with runner.prepared("dev", "tiny", recipe_from({"base": "bf16", "first_block_cache": FBC}), device="cpu",
+                             steps=STEPS) as run:
+            pipe = run.pipe
+            assert active_cache(pipe) == "first_block" and free_calls == []
+            raise RuntimeError("measurement failed with the cache on")
+    assert active_cache(pipe) is None and free_calls == [1]
+
+
 def test_a_failing_measurement_drops_every_reference_to_the_pipeline(free_calls):
     """An error inside the block: the pipeline is collectable once the protocol exits (no frame of the failure's
     traceback keeps it), so the free really frees it."""
