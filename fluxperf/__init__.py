@@ -23,6 +23,8 @@ _PUBLIC = {
     "LADDER": "fluxperf.ladder",
     "apply": "fluxperf.apply",
     "plan": "fluxperf.apply",
+    "remove": "fluxperf.apply",
+    "applied": "fluxperf.apply",
     "AppliedStack": "fluxperf.apply",
     "build_pipeline": "fluxperf.models",
     "ShapeSpec": "fluxperf.shapes",

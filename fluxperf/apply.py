@@ -14,6 +14,13 @@ Stage order (each stage runs iff its own recipe option asks for it; `plan(recipe
 
 A stage that cannot do its job raises (UnavailableError / RecipeError); nothing prints and carries on.
 
+The stages themselves, with how each is undone or why it cannot be, live in fluxperf.stages (STAGES).
+
+Undo: apply() keeps its AppliedStack on the pipeline (`applied(pipe)`) and refuses a second apply() on top of it;
+`remove(pipe)` undoes the applied stages in reverse order and clears it. fuse_qkv, quantize and a narrowing dtype
+cast cannot be undone: remove() then refuses (NotUndoableError, nothing changed) unless partial=True, which undoes
+the others and keeps those on the pipeline (apply() keeps refusing it: build a fresh pipeline).
+
 Example:
     >>> from fluxperf.models import build_pipeline          # doctest: +SKIP
     >>> stack = apply(build_pipeline("schnell", "tiny"), rung("fused_qkv"))  # doctest: +SKIP
@@ -23,19 +30,30 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RecipeError
+from .errors import FluxperfError, RecipeError
 from .ladder import recipe_from
 from .recipe import Recipe
+from .stages import STAGE, STAGES, Context, Stage
+
+__all__ = ["APPLIED_ATTR", "STAGES", "AppliedStack", "NotUndoableError", "Removal", "Stage", "StepReport", "applied",
+           "apply", "plan", "remove"]
+
+
+APPLIED_ATTR = "_fluxperf_applied"  # the pipeline's AppliedStack while apply()'s stages are on it
+
+
+class NotUndoableError(FluxperfError, RuntimeError):
+    """remove() was asked to undo a stage that cannot be undone (fused QKV, float8, a narrowing dtype cast)."""
 
 
 @dataclass
 class StepReport:
     name: str
     details: dict[str, Any] = field(default_factory=dict)
+    memo: Any = field(default=None, repr=False, compare=False)  # what the stage's undo needs; never reported
 
 
 @dataclass
@@ -95,10 +113,12 @@ class AppliedStack:
 
 
 @dataclass(frozen=True)
-class Stage:
-    name: str
-    wanted: Callable[[Recipe], bool]
-    run: Callable[..., dict[str, Any]]
+class Removal:
+    """What remove() did: `undone` stages in the order undone (the reverse of apply's); `kept` the stages left on
+    the pipeline (partial=True only), each with why it cannot be undone."""
+
+    undone: tuple[str, ...]
+    kept: dict[str, str]
 
 
 def plan(recipe: Recipe) -> list[str]:
@@ -117,197 +137,107 @@ def apply(pipe, recipe, *, spec=None, num_inference_steps: int | None = None, va
         num_inference_steps: steps of the calls to come; required by cache-dit.
         variant: "schnell" / "dev" / "kontext"; inferred from the pipeline when None.
     Returns:
-        AppliedStack: per-stage report (backend chosen, float8 Linear count, QKV fused, flags, compile mode...).
+        AppliedStack: per-stage report (backend chosen, float8 Linear count, QKV fused, flags, compile mode...),
+        also kept on the pipeline (`applied(pipe)`) until remove(pipe).
+    Raises:
+        RecipeError: the pipeline already carries an applied stack (remove(pipe) first, or a fresh pipeline), or a
+            stage refuses; UnavailableError: a stage's package or hardware is missing. A stage that raises leaves
+            the stages before it on the pipeline and in `applied(pipe)`, so remove(pipe) can undo them.
     """
     from .models import variant_of
 
     recipe = recipe_from(recipe)
-    ctx = _Context(pipe=pipe, recipe=recipe, spec=spec, steps=num_inference_steps,
-                   variant=variant or variant_of(pipe))
+    _refuse_reapply(pipe)
+    ctx = Context(pipe=pipe, recipe=recipe, spec=spec, steps=num_inference_steps,
+                  variant=variant or variant_of(pipe))
     stack = AppliedStack(recipe=recipe, variant=ctx.variant)
+    setattr(pipe, APPLIED_ATTR, stack)  # before the stages: a stage that raises leaves the earlier ones removable
     for stage in STAGES:
         if stage.wanted(recipe):
-            stack.steps.append(StepReport(stage.name, stage.run(ctx)))
+            ctx.memo = None
+            details = stage.run(ctx)
+            stack.steps.append(StepReport(stage.name, details, memo=ctx.memo))
     stack.compile_watch = ctx.compile_watch
     return stack
 
 
-@dataclass
-class _Context:
-    pipe: Any
-    recipe: Recipe
-    spec: Any
-    steps: int | None
-    variant: str
-    compile_watch: Any = None
+def applied(pipe) -> AppliedStack | None:
+    """The AppliedStack apply() left on `pipe` (its stages are on the pipeline now), or None."""
+    return getattr(pipe, APPLIED_ATTR, None)
 
 
-# -- stages ----------------------------------------------------------------------------------------------
-def _stage_dtype(ctx: _Context) -> dict:
-    from .models import quiet_diffusers, torch_dtype
+def remove(pipe, *, partial: bool = False) -> Removal | None:
+    """Undo apply(): the applied stages in reverse order, then forget the stack.
 
-    dtype = torch_dtype(ctx.recipe.dtype)
-    with quiet_diffusers():
-        ctx.pipe.to(dtype=dtype)
-    return {"dtype": ctx.recipe.dtype}
+    A pipeline without an applied stack (never applied, or already removed) is left as it is and gives None, so a
+    `finally: remove(pipe)` never hides the error that stopped apply().
 
-
-def _stage_fuse_qkv(ctx: _Context) -> dict:
-    transformer, vae = ctx.pipe.transformer, ctx.pipe.vae
-    merged = _check_fusable(transformer, "transformer") + _check_fusable(vae, "vae")  # before anything changes
-    transformer.fuse_qkv_projections()
-    vae.fuse_qkv_projections()
-    removed = _drop_unfused_projections(transformer)
-    fused = sum(1 for m in transformer.modules() if getattr(m, "fused_projections", False))
-    if fused == 0:
-        raise RecipeError("fuse_qkv=True but no attention module of the transformer reports fused projections.")
-    return {"fused_attention_modules": fused, "dead_projections_removed": removed,
-            "merged_lora_projections": merged,
-            "vae_processors": sorted({type(p).__name__ for p in vae.attn_processors.values()})}
-
-
-_PROJECTIONS = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
-
-
-def _check_fusable(model, label: str) -> int:
-    """Refuse projections whose output is more than `x @ weight.T + bias`: diffusers' fuse_projections copies
-    only `.weight`/`.bias`, so an unmerged PEFT LoRA adapter, a forward hook or a Linear subclass would be
-    silently dropped from the fused projection.
-
+    Args:
+        pipe: a pipeline apply() ran on.
+        partial: False: refuse when a stage cannot be undone (nothing changes). True: undo the stages that can be,
+            keep the others on the pipeline (apply() keeps refusing it) and list them in Removal.kept.
     Returns:
-        how many projections are PEFT layers whose active adapters are all merged (pipe.fuse_lora()): their
-        `.weight` holds the LoRA delta, so fusing keeps it.
+        Removal (undone and kept stages), or None when nothing was applied.
     Raises:
-        RecipeError: naming the first offending projections, what they carry, and the fix.
+        NotUndoableError: partial=False and a stage cannot be undone (fuse_qkv, quantize, a narrowing dtype cast):
+            it names each with the reason and the fix.
+    Example:
+        >>> remove(pipe).undone  # doctest: +SKIP
+        ('cache_dit', 'dtype')
     """
-    import torch
-
-    merged, bad = 0, []
-    for name, module in model.named_modules():
-        if not callable(getattr(module, "fuse_projections", None)) or getattr(module, "fused_projections", False):
-            continue
-        for child in _PROJECTIONS:
-            proj = getattr(module, child, None)
-            if proj is None:
-                continue
-            path = f"{label}.{name}.{child}"
-            base = getattr(proj, "base_layer", None)  # a PEFT tuner layer wraps the original Linear
-            if base is not None:
-                unmerged = sorted(set(proj.active_adapters) - set(getattr(proj, "merged_adapters", ())))
-                if unmerged:
-                    bad.append(f"{path} carries the unmerged LoRA adapter(s) {unmerged}")
-                    continue
-                merged += 1
-                proj = base
-            if type(proj) is not torch.nn.Linear:
-                bad.append(f"{path} is a {type(proj).__module__}.{type(proj).__qualname__}, not a torch.nn.Linear")
-            elif proj._forward_hooks or proj._forward_pre_hooks or getattr(getattr(proj, "_diffusers_hook", None),
-                                                                           "hooks", None):
-                bad.append(f"{path} has forward hooks")
-    if bad:
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise RecipeError(
-            f"fuse_qkv=True but {'; '.join(bad[:3])}{more}: fusing Q/K/V copies only the projections' base "
-            "weights, so the fused model would silently drop what they add. Fix: merge a LoRA into the base weights "
-            "first (pipe.fuse_lora(), then pipe.unload_lora_weights() if you like), remove the hooks, or apply "
-            "without fuse_qkv."
+    stack = applied(pipe)
+    if stack is None:
+        return None
+    kept = _not_undoable(stack)
+    if kept and not partial:
+        raise NotUndoableError(
+            f"remove(): the recipe {stack.recipe.name!r} applied stages that cannot be undone: {_reasons(kept)}. "
+            "Nothing was changed. Fix: build a fresh pipeline, or remove(pipe, partial=True) to undo the other "
+            f"stages ({', '.join(s.name for s in stack.steps if s.name not in kept) or 'none'}) and keep these."
         )
-    return merged
+    left, undone = list(stack.steps), []
+    try:
+        for step in reversed(stack.steps):
+            if step.name not in kept:
+                STAGE[step.name].undo(pipe, step.memo)
+                left.remove(step)
+                undone.append(step.name)
+    finally:  # an undo that raised leaves its stage (and the ones before it) recorded on the pipeline
+        if left:
+            setattr(pipe, APPLIED_ATTR, AppliedStack(recipe=stack.recipe, variant=stack.variant, steps=left))
+        else:
+            delattr(pipe, APPLIED_ATTR)
+    return Removal(undone=tuple(undone), kept=kept)
 
 
-def _drop_unfused_projections(transformer) -> int:
-    """diffusers keeps to_q/to_k/to_v after fusing (API-NOTES §1f): drop them so they are neither quantized
-    nor kept in memory (~2.7 GB at full size in bf16)."""
-    removed = 0
-    for module in transformer.modules():
-        if not getattr(module, "fused_projections", False):
-            continue
-        names = ["to_q", "to_k", "to_v"]
-        if hasattr(module, "to_added_qkv"):
-            names += ["add_q_proj", "add_k_proj", "add_v_proj"]
-        for name in names:
-            if hasattr(module, name):
-                delattr(module, name)
-                removed += 1
-    return removed
+def _not_undoable(stack: AppliedStack) -> dict[str, str]:
+    out = {}
+    for step in stack.steps:
+        why = STAGE[step.name].why_not_undoable(step.memo)
+        if why:
+            out[step.name] = why
+    return out
 
 
-def _stage_channels_last(ctx: _Context) -> dict:
-    import torch
-
-    ctx.pipe.vae.to(memory_format=torch.channels_last)
-    return {"vae": "channels_last"}
+def _reasons(kept: dict[str, str]) -> str:
+    return "; ".join(f"{name} ({why})" for name, why in kept.items())
 
 
-def _stage_attention(ctx: _Context) -> dict:
-    from .attention import apply_attention
-
-    return apply_attention(ctx.pipe.transformer, ctx.recipe.attention)
-
-
-def _stage_quantize(ctx: _Context) -> dict:
-    from .quantize import quantize_float8
-
-    return quantize_float8(ctx.pipe.transformer, ctx.recipe.quantize)
-
-
-def _stage_cache_dit(ctx: _Context) -> dict:
-    from .cache import apply_cache_dit
-
-    return apply_cache_dit(ctx.pipe, ctx.recipe.cache_dit, variant=ctx.variant,
-                           num_inference_steps=_need_steps(ctx, "cache_dit"))
-
-
-def _stage_first_block_cache(ctx: _Context) -> dict:
-    from .fbcache import apply_first_block_cache
-
-    return apply_first_block_cache(ctx.pipe, ctx.recipe.first_block_cache, variant=ctx.variant,
-                                   num_inference_steps=_need_steps(ctx, "first_block_cache"))
-
-
-def _stage_compile(ctx: _Context) -> dict:
-    from .compile import compile_transformer, compile_vae_decoder
-    from .compile_watch import CompileWatch
-
-    cfg, flags = ctx.recipe.compile, ctx.recipe.inductor_flags.options()
-    ctx.compile_watch = CompileWatch()
-    report = compile_transformer(ctx.pipe.transformer, cfg, flags, watch=ctx.compile_watch)
-    if cfg.vae:
-        report.update(compile_vae_decoder(ctx.pipe.vae, cfg, flags, watch=ctx.compile_watch))
-    return report
-
-
-def _stage_export(ctx: _Context) -> dict:
-    from .export import apply_export
-
-    if ctx.spec is None:
+def _refuse_reapply(pipe) -> None:
+    stack = applied(pipe)
+    if stack is None:
+        return
+    kept = _not_undoable(stack)
+    if kept and len(kept) == len(stack.steps):
         raise RecipeError(
-            "export.enabled=True but apply() got no spec: AOTInductor packages are built for fixed shapes. "
-            "Fix: apply(pipe, recipe, spec=ShapeSpec(variant, height, width, batch))."
+            f"apply(): this pipeline still carries stages of the recipe {stack.recipe.name!r} that cannot be undone: "
+            f"{_reasons(kept)}. Fix: build a fresh pipeline."
         )
-    return apply_export(ctx.pipe, ctx.recipe, ctx.spec, cache_dir=ctx.recipe.export.cache_dir)
-
-
-def _need_steps(ctx: _Context, what: str) -> int:
-    if not ctx.steps:
-        raise RecipeError(
-            f"{what}.enabled=True but apply() got num_inference_steps={ctx.steps!r}: the cache schedule depends "
-            "on the step count. Fix: apply(pipe, recipe, num_inference_steps=28)."
-        )
-    return ctx.steps
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("dtype", lambda r: True, _stage_dtype),
-    Stage("fuse_qkv", lambda r: r.fuse_qkv, _stage_fuse_qkv),
-    Stage("channels_last", lambda r: r.channels_last, _stage_channels_last),
-    Stage("attention", lambda r: r.attention.backend != "sdpa", _stage_attention),
-    Stage("quantize", lambda r: r.quantize.enabled, _stage_quantize),
-    Stage("cache_dit", lambda r: r.cache_dit.enabled, _stage_cache_dit),
-    Stage("first_block_cache", lambda r: r.first_block_cache.enabled, _stage_first_block_cache),
-    Stage("compile", lambda r: r.compile.enabled, _stage_compile),
-    Stage("export", lambda r: r.export.enabled, _stage_export),
-)
+    raise RecipeError(
+        f"apply(): this pipeline already carries the recipe {stack.recipe.name!r} (stages {stack.stage_names}); a "
+        "second recipe on top would stack steps in an order apply() never checks. Fix: fluxperf.remove(pipe) first "
+        "(stages that cannot be undone: build a fresh pipeline), or apply one recipe that has both."
+    )
 
 
 def _jsonable(value):
