@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -61,7 +62,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+    """Standard JSON (no NaN/Infinity tokens, which strict parsers refuse): a non-finite float is written as the
+    string "inf", "-inf" or "nan" (e.g. the PSNR of identical images), so a record is never lost to a ValueError;
+    readers that need a number (baselines, thresholds) then refuse the string by name."""
+    return atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False, default=str,
+                                              allow_nan=False) + "\n")
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)  # 'inf', '-inf', 'nan'
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def atomic_save(path: str | os.PathLike, save) -> Path:

@@ -87,3 +87,12 @@ def test_rewrites_keep_the_file_mode(tmp_path):
     fresh = tmp_path / "new.json"
     atomic_write_text(fresh, "{}")
     assert stat.S_IMODE(fresh.stat().st_mode) & 0o044  # readable by others, as `open` would create it
+
+
+def test_json_records_with_non_finite_values_are_written_as_standard_json(tmp_path):
+    """The PSNR of identical images is inf: a record holding it is written (as "inf"), never lost to a ValueError."""
+    from fluxperf.io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "r.json", {"psnr_db": float("inf"), "errs": [float("nan"), 0.5]})
+    assert json.loads(path.read_text()) == {"psnr_db": "inf", "errs": ["nan", 0.5]}
+    assert "Infinity" not in path.read_text() and "NaN" not in path.read_text()
