@@ -4,10 +4,51 @@ from __future__ import annotations
 
 import pytest
 
+from fluxperf import caching
 from fluxperf.cache_stats import active_cache, disable_active_cache, last_call_cache_stats
+from fluxperf.errors import FluxperfError
 from fluxperf.ladder import recipe_from
+from fluxperf.optional import probe
 
-pytest.importorskip("cache_dit", reason="needs cache-dit: pip install 'fluxperf[cache-dit]'")
+
+# -- fluxperf.caching: the one slot both caches record themselves in (no cache package needed) ---------------------
+class _Pipe:
+    """A stand-in: the slot only needs attributes."""
+
+
+def test_one_slot_records_the_one_enabled_cache():
+    pipe = _Pipe()
+    assert caching.enabled_cache(pipe) is None and active_cache(pipe) is None
+    caching.attach(pipe, "first_block", state := object())
+    assert active_cache(pipe) == "first_block" and caching.state_of(pipe, "first_block", "unused") is state
+    with pytest.raises(FluxperfError, match="the first_block cache is already enabled"):
+        caching.attach(pipe, "cache_dit", object())
+    with pytest.raises(FluxperfError, match="cache-dit is off"):
+        caching.state_of(pipe, "cache_dit", "cache-dit is off")
+    caching.detach(pipe, "cache_dit")  # not the recorded one: nothing happens
+    assert active_cache(pipe) == "first_block"
+    caching.detach(pipe, "first_block")
+    assert active_cache(pipe) is None and last_call_cache_stats(pipe) is None and disable_active_cache(pipe) is None
+
+
+def test_step_stats_shape():
+    assert caching.step_stats([2, 3], 6, 6) == {"cached_steps": 2, "executed_steps": 4, "total_steps": 6,
+                                                 "cached_step_indices": [2, 3], "num_inference_steps": 6}
+
+
+def test_fbcache_no_longer_borrows_from_the_cache_dit_adapter():
+    import ast
+    import inspect
+
+    from fluxperf import cache_stats, fbcache
+
+    tree = ast.parse(inspect.getsource(fbcache))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "cache" not in imported and "caching" in imported
+    assert "_STATE_ATTR" not in inspect.getsource(cache_stats)  # public functions only
+
+
+NEEDS_CACHE_DIT = pytest.mark.skipif(not probe("cache_dit"), reason="needs cache-dit: pip install 'fluxperf[cache-dit]'")
 
 STEPS, WARMUP = 6, 2
 # Tiny random-weight blocks change their residual by ~0.4-0.9 per step: 9.0 caches every step it may.
@@ -29,7 +70,7 @@ def test_no_cache_gives_none(dev):
 
 
 @pytest.mark.parametrize("step, config, kind, cached", [
-    ("cache_dit", CACHE_DIT, "cache_dit", STEPS - WARMUP),  # every step after the warm-up
+    pytest.param("cache_dit", CACHE_DIT, "cache_dit", STEPS - WARMUP, marks=NEEDS_CACHE_DIT),  # all after warm-up
     ("first_block_cache", FBC, "first_block", STEPS - 1),  # every step after the first
 ])
 def test_stats_follow_the_cache_apply_enabled(dev, step, config, kind, cached):
@@ -53,6 +94,7 @@ def active_cache_on_class_is_off() -> bool:
     return not getattr(FluxPipeline, "_is_cached", False) and "_original_call" not in FluxPipeline.__dict__
 
 
+@NEEDS_CACHE_DIT
 def test_ladder_reports_cached_steps(monkeypatch, tmp_path):
     """The ladder's cache rungs report how many steps of their image came from the cache (here a CPU recipe
     stands in for cache_dit_f1b0, whose full stack needs a GPU)."""
