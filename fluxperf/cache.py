@@ -5,7 +5,8 @@ their residual with the last fully computed step (relative L1), and when the cha
 `residual_diff_threshold` reuses the cached residual of the middle blocks, then runs the last `Bn` blocks.
 The first `max_warmup_steps` steps are always computed.
 
-Rules enforced here (the Recipe refuses export + caching, both caches, and CUDA-graph compile modes):
+Rules enforced here, with the checks both block caches share from fluxperf.caching (the Recipe refuses
+export + caching, both caches, and CUDA-graph compile modes):
 * not for schnell: 4 steps, fewer than the warm-up steps, so nothing could be cached;
 * before torch.compile: apply on an uncompiled transformer, then compile. Use regional compile,
   `transformer.compile_repeated_blocks(fullgraph=True)`: cache-dit keeps its decisions in Python around the
@@ -23,6 +24,8 @@ Example:
     >>> cache_dit_stats(pipe)["cached_steps"]  # doctest: +SKIP
     11
     >>> disable_cache_dit(pipe)  # doctest: +SKIP
+
+Through apply(), fluxperf.remove(pipe) disables it with the other stages (disable_cache_dit stays for direct use).
 """
 
 from __future__ import annotations
@@ -65,7 +68,6 @@ class _State:
     hook: Any = None
 
 
-# -- helpers ------------------------------------------------------------------------------------------------
 def flux_block_count(transformer) -> int:
     """FLUX blocks in cache-dit's unified list: double + single (57 for the real model)."""
     return len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)

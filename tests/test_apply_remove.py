@@ -169,3 +169,29 @@ def test_remove_after_the_cache_was_disabled_by_the_old_function(dev):
     assert disable_active_cache(pipe) == "first_block"
     assert remove(pipe).undone == ("first_block_cache", "dtype")
     np.testing.assert_array_equal(run(), ref)
+
+
+def test_export_undo_takes_the_adapters_off(tiny_pipe_factory, monkeypatch):
+    """Export needs CUDA: eager graph runners stand in for the packages (as in test_export.py); what is checked is
+    that remove() runs the export stage's undo and the modules run their own forward/decode again."""
+    from fluxperf import export
+    from fluxperf.cudagraph import CudaGraphRunner, EagerReplayBackend
+    from fluxperf.export_call import TransformerExportModule, VaeDecodeExportModule, transformer_example, vae_example
+    from fluxperf.model_configs import dims_of_pipeline
+    from fluxperf.shapes import ShapeSpec
+
+    def fake_apply_export(pipe, recipe, spec, *, cache_dir=None):
+        dims = dims_of_pipeline(pipe)
+        export.install_adapters(
+            pipe, spec, CudaGraphRunner(TransformerExportModule(pipe.transformer), backend=EagerReplayBackend()),
+            transformer_example(spec, dims, dtype=torch.float32),
+            CudaGraphRunner(VaeDecodeExportModule(pipe.vae), backend=EagerReplayBackend()),
+            vae_example(spec, dims, dtype=torch.float32))
+        return {"packages": {}}
+
+    monkeypatch.setattr(export, "apply_export", fake_apply_export)
+    pipe = tiny_pipe_factory("dev", text_encoders=False)
+    stack = apply(pipe, {"dtype": "float32", "export": {"enabled": True}}, spec=ShapeSpec("dev", 64, 64, text_len=16))
+    assert stack.stage_names == ["dtype", "export"] and "forward" in pipe.transformer.__dict__
+    assert remove(pipe).undone == ("export", "dtype")
+    assert "forward" not in pipe.transformer.__dict__ and "decode" not in pipe.vae.__dict__
