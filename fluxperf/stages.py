@@ -21,6 +21,7 @@ fluxperf.apply runs them (apply) and undoes them in reverse (remove).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,11 @@ from .recipe import Recipe
 
 @dataclass
 class Context:
-    """What a stage's run sees: the pipeline, the recipe, the calls to come; `memo` is the stage's note for undo."""
+    """What a stage's run sees: the pipeline, the recipe, the calls to come; `memo` is the stage's note for undo.
+
+    A memo refers to modules weakly: the AppliedStack that carries it outlives the pipeline in the callers' records,
+    and must not keep its weights (GPU memory) alive.
+    """
 
     pipe: Any
     recipe: Recipe
@@ -154,13 +159,15 @@ def _stage_attention(ctx: Context) -> dict:
     from .attention import apply_attention
     from .attention.apply import flux_attention_modules
 
-    ctx.memo = [(m, m.processor) for m in flux_attention_modules(ctx.pipe.transformer)]
+    ctx.memo = [(weakref.ref(m), m.processor) for m in flux_attention_modules(ctx.pipe.transformer)]
     return apply_attention(ctx.pipe.transformer, ctx.recipe.attention)
 
 
 def _undo_attention(pipe, memo) -> None:
-    for module, processor in memo:
-        module.set_processor(processor)
+    for ref, processor in memo:
+        module = ref()
+        if module is not None:
+            module.set_processor(processor)
 
 
 # -- 5. quantize (cannot be undone) --------------------------------------------------------------------------------
@@ -221,13 +228,15 @@ def _stage_compile(ctx: Context) -> dict:
     report = compile_transformer(ctx.pipe.transformer, cfg, flags, watch=ctx.compile_watch)
     if cfg.vae:
         report.update(compile_vae_decoder(ctx.pipe.vae, cfg, flags, watch=ctx.compile_watch))
-    ctx.memo = [(m, old) for m, old in before if m._compiled_call_impl is not old]
+    ctx.memo = [(weakref.ref(m), old) for m, old in before if m._compiled_call_impl is not old]
     return report
 
 
 def _undo_compile(pipe, memo) -> None:
-    for module, previous in memo:
-        module._compiled_call_impl = previous
+    for ref, previous in memo:
+        module = ref()
+        if module is not None:
+            module._compiled_call_impl = previous
 
 
 # -- 9. export -------------------------------------------------------------------------------------------------------

@@ -195,3 +195,19 @@ def test_export_undo_takes_the_adapters_off(tiny_pipe_factory, monkeypatch):
     assert stack.stage_names == ["dtype", "export"] and "forward" in pipe.transformer.__dict__
     assert remove(pipe).undone == ("export", "dtype")
     assert "forward" not in pipe.transformer.__dict__ and "decode" not in pipe.vae.__dict__
+
+
+def test_a_kept_stack_does_not_keep_the_pipelines_modules_alive(tiny_pipe_factory):
+    """Callers keep the AppliedStack in their records after freeing the pipeline: the undo notes must not hold
+    its modules (their weights are GPU memory on a real run)."""
+    import gc
+    import weakref
+
+    pipe = tiny_pipe_factory(dtype="bfloat16")
+    stack = apply(pipe, {"dtype": "bfloat16", "attention": {"backend": "cudnn", "fallback": "sdpa"},
+                         "compile": {"enabled": True, "vae": False}})
+    assert stack.step("attention") and stack.compile
+    transformer = weakref.ref(pipe.transformer)
+    del pipe
+    gc.collect()
+    assert transformer() is None
