@@ -73,7 +73,7 @@ def hide_optional(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_schnell():
     """A tiny synthetic schnell pipeline in float32 on CPU (shared; do not mutate: use tiny_pipe_factory)."""
-    from fluxperf.models import build_pipeline
+    from fluxperf.model.build import build_pipeline
 
     pipe = build_pipeline("schnell", "tiny", dtype="float32")
     pipe.set_progress_bar_config(disable=True)
@@ -83,7 +83,7 @@ def tiny_schnell():
 @pytest.fixture
 def tiny_pipe_factory():
     """Build fresh tiny pipelines (for tests that apply recipes, which mutate the pipeline)."""
-    from fluxperf.models import build_pipeline
+    from fluxperf.model.build import build_pipeline
 
     def make(variant="schnell", dtype="float32", **kw):
         pipe = build_pipeline(variant, "tiny", dtype=dtype, **kw)
@@ -103,9 +103,9 @@ def tiny_image_runner():
     import numpy as np
     import torch
 
-    from fluxperf.model_configs import dims_of_pipeline
-    from fluxperf.models import build_pipeline
-    from fluxperf.shapes import ShapeSpec, stand_in_prompt_embeds
+    from fluxperf.model.build import build_pipeline
+    from fluxperf.model.configs import dims_of_pipeline
+    from fluxperf.model.shapes import ShapeSpec, stand_in_prompt_embeds
 
     def make(variant: str, steps: int):
         pipe = build_pipeline(variant, "tiny", text_encoders=False, dtype="float32")

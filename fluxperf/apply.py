@@ -22,7 +22,7 @@ cast cannot be undone: remove() then refuses (NotUndoableError, nothing changed)
 the others and keeps those on the pipeline (apply() keeps refusing it: build a fresh pipeline).
 
 Example:
-    >>> from fluxperf.models import build_pipeline          # doctest: +SKIP
+    >>> from fluxperf.model.build import build_pipeline          # doctest: +SKIP
     >>> stack = apply(build_pipeline("schnell", "tiny"), rung("fused_qkv"))  # doctest: +SKIP
     >>> stack.qkv_fused                                     # doctest: +SKIP
     True
@@ -33,10 +33,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import FluxperfError, RecipeError
-from .ladder import recipe_from
-from .recipe import Recipe
-from .stages import STAGE, STAGES, Context, Stage
+from fluxperf.errors import FluxperfError, RecipeError
+from fluxperf.ladder import recipe_from
+from fluxperf.recipe import Recipe
+from fluxperf.stages import STAGE, STAGES, Context, Stage
 
 __all__ = ["APPLIED_ATTR", "STAGES", "AppliedStack", "NotUndoableError", "Removal", "Stage", "StepReport", "applied",
            "apply", "plan", "remove"]
@@ -63,7 +63,7 @@ class AppliedStack:
     recipe: Recipe
     variant: str
     steps: list[StepReport] = field(default_factory=list)
-    compile_watch: Any = None  # fluxperf.compile_watch.CompileWatch of the compile stage (live recompile counts)
+    compile_watch: Any = None  # fluxperf.steps.compile_watch.CompileWatch of the compile stage (live recompile counts)
 
     def step(self, name: str) -> dict[str, Any] | None:
         for s in self.steps:
@@ -133,7 +133,7 @@ def apply(pipe, recipe, *, spec=None, num_inference_steps: int | None = None, va
     Args:
         pipe: a FluxPipeline / FluxKontextPipeline (already on its device).
         recipe: a Recipe, a rung name or a dict (see fluxperf.ladder.recipe_from).
-        spec: fluxperf.shapes.ShapeSpec of the calls to come; required by export (package shapes).
+        spec: fluxperf.model.shapes.ShapeSpec of the calls to come; required by export (package shapes).
         num_inference_steps: steps of the calls to come; required by cache-dit.
         variant: "schnell" / "dev" / "kontext"; inferred from the pipeline when None.
     Returns:
@@ -144,7 +144,7 @@ def apply(pipe, recipe, *, spec=None, num_inference_steps: int | None = None, va
             stage refuses; UnavailableError: a stage's package or hardware is missing. A stage that raises leaves
             the stages before it on the pipeline and in `applied(pipe)`, so remove(pipe) can undo them.
     """
-    from .models import variant_of
+    from fluxperf.model.build import variant_of
 
     recipe = recipe_from(recipe)
     _refuse_reapply(pipe)

@@ -19,7 +19,7 @@ import re
 import subprocess
 from dataclasses import asdict, dataclass
 
-from .optional import find_module
+from fluxperf.optional import find_module
 
 # Distributions whose versions belong in every record; FA3 ships under several names.
 _VERSIONED = ("torch", "diffusers", "transformers", "torchao", "cache-dit", "triton", "numpy")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import RecipeError
-from .recipe import Recipe
+from fluxperf.errors import RecipeError
+from fluxperf.recipe import Recipe
 
 # Each entry: rung name -> the changes it adds on top of the previous rung (nested dicts merge).
 _STEPS: tuple[tuple[str, dict[str, Any]], ...] = (

@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .errors import UnavailableError
+from fluxperf.errors import UnavailableError
 
 
 @dataclass(frozen=True)

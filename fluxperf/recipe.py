@@ -18,8 +18,8 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar
 
-from .errors import RecipeError
-from .recipe_checks import check_fields, checked
+from fluxperf.errors import RecipeError
+from fluxperf.recipe_checks import check_fields, checked
 
 DTYPES = ("float32", "bfloat16", "float16")
 MAX_STEPS = 1000  # upper bound of step-count fields (FLUX uses 4-50)
@@ -27,7 +27,7 @@ _STEP_CAP_FIX = "use -1 (no cap) or a step count >= 0"
 
 
 class AttentionBackendName(str, Enum):
-    """Attention backends a recipe can select (the registry in fluxperf.attention implements them)."""
+    """Attention backends a recipe can select (the registry in fluxperf.steps.attention implements them)."""
 
     SDPA = "sdpa"  # torch SDPA, torch picks the kernel
     CUDNN = "cudnn"  # SDPA restricted to cuDNN attention
@@ -227,7 +227,7 @@ class Recipe:
     def validate(self) -> Recipe:
         """Check every field (type and range, fluxperf.recipe_checks), each step's own rules and every cross-step
         rule (fluxperf.recipe_rules); raise RecipeError naming the field or combination, the rule and the fix."""
-        from .recipe_rules import COMBINATION_RULES  # rules import this module's classes: imported late
+        from fluxperf.recipe_rules import COMBINATION_RULES  # rules import this module's classes: imported late
 
         check_fields(self)  # the step configs: their type here; their fields when they were built (frozen since)
         for rule in COMBINATION_RULES:

@@ -29,7 +29,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RecipeError
+from fluxperf.errors import RecipeError
 
 CHECK_KEY = "fluxperf_check"
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import RecipeError
+from fluxperf.errors import RecipeError
 
 if TYPE_CHECKING:
-    from .recipe import Recipe
+    from fluxperf.recipe import Recipe
 
 
 def _rule_flags_need_compiler(r: Recipe) -> None:
@@ -58,7 +58,7 @@ def _rule_cache_no_cudagraphs(r: Recipe) -> None:
 
 
 def _rule_fbc_breaks_the_graph(r: Recipe) -> None:
-    # fluxperf.fbcache.COMPILE_HINT: the head block's hook calls a torch.compiler.disable'd decision inside the
+    # fluxperf.steps.caching.first_block.COMPILE_HINT: the head block's hook calls a torch.compiler.disable'd decision inside the
     # compiled block (dynamo: "Skip inlining `torch.compiler.disable()`d function"), whatever the scope.
     if r.first_block_cache.enabled and r.compile.enabled and r.compile.fullgraph:
         raise RecipeError(
@@ -69,7 +69,7 @@ def _rule_fbc_breaks_the_graph(r: Recipe) -> None:
 
 
 def _rule_cache_dit_whole_fullgraph(r: Recipe) -> None:
-    # fluxperf.cache.COMPILE_HINT: whole-model fullgraph=True fails on cache-dit's mock.patch forward wrapper.
+    # fluxperf.steps.caching.cache_dit.COMPILE_HINT: whole-model fullgraph=True fails on cache-dit's mock.patch forward wrapper.
     c = r.compile
     if r.cache_dit.enabled and c.enabled and c.scope == "whole" and c.fullgraph:
         raise RecipeError(
@@ -80,7 +80,7 @@ def _rule_cache_dit_whole_fullgraph(r: Recipe) -> None:
 
 
 def _rule_teacache_not_wired(r: Recipe) -> None:
-    # fluxperf.fbcache.apply_first_block_cache refuses it too (diffusers has no TeaCache hook fluxperf wires up):
+    # fluxperf.steps.caching.first_block.apply_first_block_cache refuses it too (diffusers has no TeaCache hook fluxperf wires up):
     # drop this rule when it does.
     if r.first_block_cache.enabled and r.first_block_cache.kind == "teacache":
         raise RecipeError(

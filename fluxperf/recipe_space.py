@@ -23,9 +23,9 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import RecipeError
-from .ladder import _merge
-from .recipe import COMPILE_MODES, DTYPES, FP8_BACKENDS, AttentionBackendName, Recipe
+from fluxperf.errors import RecipeError
+from fluxperf.ladder import _merge
+from fluxperf.recipe import COMPILE_MODES, DTYPES, FP8_BACKENDS, AttentionBackendName, Recipe
 
 Axis = tuple[tuple[str, dict[str, Any]], ...]
 

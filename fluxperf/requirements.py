@@ -2,8 +2,8 @@
 
 `requirements(recipe)` derives the needs from the recipe's own settings, stage by stage of `fluxperf.apply.plan`:
 
-    attention  the backend's spec in fluxperf.attention.registry: its package, and the hardware its checks accept
-    quantize   torchao, and a CUDA GPU of compute capability >= 8.9 (fluxperf.quantize.check_float8_hardware)
+    attention  the backend's spec in fluxperf.steps.attention.registry: its package, and the hardware its checks accept
+    quantize   torchao, and a CUDA GPU of compute capability >= 8.9 (fluxperf.steps.quantize.check_float8_hardware)
     cache_dit  cache-dit
     export     a CUDA GPU (AOTInductor packages and CUDA graphs are built for one GPU)
 
@@ -29,12 +29,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .apply import plan
-from .attention import registry
-from .errors import RecipeError, UnavailableError
-from .ladder import recipe_from
-from .optional import probe, require
-from .recipe import Recipe
+from fluxperf.apply import plan
+from fluxperf.errors import RecipeError, UnavailableError
+from fluxperf.ladder import recipe_from
+from fluxperf.optional import probe, require
+from fluxperf.recipe import Recipe
+from fluxperf.steps.attention import registry
 
 HEAD_DIM = 128  # FLUX.1's attention head size: what the attention checks are evaluated at
 
@@ -51,7 +51,7 @@ HARDWARE: dict[str, tuple[str, registry.Target]] = {
     "rocm": ("an AMD Instinct GPU (MI300/MI350) with a ROCm build of torch",
              registry.Target("cuda", "bfloat16", HEAD_DIM, capability=(9, 4), hip=True, arch="gfx942")),
 }
-FLOAT8_HARDWARE = "sm89"  # fluxperf.quantize.check_float8_hardware's floor (tests/test_requirements.py pins it)
+FLOAT8_HARDWARE = "sm89"  # fluxperf.steps.quantize.check_float8_hardware's floor (tests/test_requirements.py pins it)
 
 HardwareCheck = Callable[[object], "UnavailableError | None"]  # (torch.device) -> the error apply would raise, or None
 
@@ -216,7 +216,7 @@ def _attention_check(backend: str, dtype: str) -> HardwareCheck:
 
 
 def _float8_check(device) -> UnavailableError | None:
-    from .quantize import check_float8_hardware
+    from fluxperf.steps.quantize import check_float8_hardware
 
     try:
         check_float8_hardware(device)

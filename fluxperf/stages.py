@@ -7,12 +7,12 @@
     3. channels_last      recipe.channels_last           the VAE tensors it converted go back to the contiguous layout
     4. attention          attention.backend != "sdpa"    each attention module gets its previous processor back
     5. quantize           quantize.enabled               cannot: torchao replaced the Linear weights by float8 ones
-    6. cache_dit          cache_dit.enabled              fluxperf.cache.disable_cache_dit (class + transformer)
-    7. first_block_cache  first_block_cache.enabled      fluxperf.fbcache.disable_first_block_cache
+    6. cache_dit          cache_dit.enabled              fluxperf.steps.caching.cache_dit.disable_cache_dit (class + transformer)
+    7. first_block_cache  first_block_cache.enabled      fluxperf.steps.caching.first_block.disable_first_block_cache
     8. compile            compile.enabled                the compiled modules run eagerly again (their previous
                                                          `_compiled_call_impl`); dynamo's graphs stay in its
                                                          process-wide cache (torch._dynamo.reset() drops them)
-    9. export             export.enabled                 fluxperf.export.remove_export
+    9. export             export.enabled                 fluxperf.steps.export.apply.remove_export
 
 Why this order: attention before compile (the op must be traced), quantize after fusion (the fused Linear gets
 quantized) and before compile, caching before compile (the hooks are traced around), export instead of compile.
@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RecipeError
-from .fuse_qkv import IRREVERSIBLE as FUSE_IRREVERSIBLE
-from .recipe import Recipe
+from fluxperf.errors import RecipeError
+from fluxperf.recipe import Recipe
+from fluxperf.steps.fuse_qkv import IRREVERSIBLE as FUSE_IRREVERSIBLE
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Stage:
 
 # -- 1. dtype --------------------------------------------------------------------------------------------------
 def _stage_dtype(ctx: Context) -> dict:
-    from .models import quiet_diffusers, torch_dtype
+    from fluxperf.model.build import quiet_diffusers, torch_dtype
 
     dtype = torch_dtype(ctx.recipe.dtype)
     before = {name: _float_dtypes(m) for name, m in _modules(ctx.pipe)}
@@ -101,7 +101,7 @@ def _dtype_blocked(memo) -> str | None:
 
 
 def _undo_dtype(pipe, memo) -> None:
-    from .models import quiet_diffusers
+    from fluxperf.model.build import quiet_diffusers
 
     with quiet_diffusers():
         for name, old in memo["before"].items():
@@ -120,7 +120,7 @@ def _float_dtypes(module) -> set:
 
 # -- 2. fuse_qkv (cannot be undone) ----------------------------------------------------------------------------
 def _stage_fuse_qkv(ctx: Context) -> dict:
-    from .fuse_qkv import fuse_qkv
+    from fluxperf.steps.fuse_qkv import fuse_qkv
 
     return fuse_qkv(ctx.pipe)
 
@@ -156,8 +156,8 @@ def _tensors(module):
 
 # -- 4. attention --------------------------------------------------------------------------------------------------
 def _stage_attention(ctx: Context) -> dict:
-    from .attention import apply_attention
-    from .attention.apply import flux_attention_modules
+    from fluxperf.steps.attention import apply_attention
+    from fluxperf.steps.attention.apply import flux_attention_modules
 
     ctx.memo = [(weakref.ref(m), m.processor) for m in flux_attention_modules(ctx.pipe.transformer)]
     return apply_attention(ctx.pipe.transformer, ctx.recipe.attention)
@@ -172,35 +172,35 @@ def _undo_attention(pipe, memo) -> None:
 
 # -- 5. quantize (cannot be undone) --------------------------------------------------------------------------------
 def _stage_quantize(ctx: Context) -> dict:
-    from .quantize import quantize_float8
+    from fluxperf.steps.quantize import quantize_float8
 
     return quantize_float8(ctx.pipe.transformer, ctx.recipe.quantize)
 
 
 # -- 6./7. block caches ----------------------------------------------------------------------------------------------
 def _stage_cache_dit(ctx: Context) -> dict:
-    from .cache import apply_cache_dit
+    from fluxperf.steps.caching.cache_dit import apply_cache_dit
 
     return apply_cache_dit(ctx.pipe, ctx.recipe.cache_dit, variant=ctx.variant,
                            num_inference_steps=_need_steps(ctx, "cache_dit"))
 
 
 def _undo_cache_dit(pipe, memo) -> None:
-    from .cache import disable_cache_dit, is_cache_dit_enabled
+    from fluxperf.steps.caching.cache_dit import disable_cache_dit, is_cache_dit_enabled
 
-    if is_cache_dit_enabled(pipe):  # fluxperf.cache_stats.disable_active_cache may have turned it off already
+    if is_cache_dit_enabled(pipe):  # fluxperf.steps.caching.stats.disable_active_cache may have turned it off already
         disable_cache_dit(pipe)
 
 
 def _stage_first_block_cache(ctx: Context) -> dict:
-    from .fbcache import apply_first_block_cache
+    from fluxperf.steps.caching.first_block import apply_first_block_cache
 
     return apply_first_block_cache(ctx.pipe, ctx.recipe.first_block_cache, variant=ctx.variant,
                                    num_inference_steps=_need_steps(ctx, "first_block_cache"))
 
 
 def _undo_first_block_cache(pipe, memo) -> None:
-    from .fbcache import disable_first_block_cache, is_first_block_cache_enabled
+    from fluxperf.steps.caching.first_block import disable_first_block_cache, is_first_block_cache_enabled
 
     if is_first_block_cache_enabled(pipe):  # as for cache_dit
         disable_first_block_cache(pipe)
@@ -217,8 +217,8 @@ def _need_steps(ctx: Context, what: str) -> int:
 
 # -- 8. compile ------------------------------------------------------------------------------------------------------
 def _stage_compile(ctx: Context) -> dict:
-    from .compile import compile_transformer, compile_vae_decoder
-    from .compile_watch import CompileWatch
+    from fluxperf.steps.compile import compile_transformer, compile_vae_decoder
+    from fluxperf.steps.compile_watch import CompileWatch
 
     cfg, flags = ctx.recipe.compile, ctx.recipe.inductor_flags.options()
     # nn.Module.compile (and CompileWatch.guard) set `_compiled_call_impl`: remember each module's previous one
@@ -241,7 +241,7 @@ def _undo_compile(pipe, memo) -> None:
 
 # -- 9. export -------------------------------------------------------------------------------------------------------
 def _stage_export(ctx: Context) -> dict:
-    from .export import apply_export
+    from fluxperf.steps.export.apply import apply_export
 
     if ctx.spec is None:
         raise RecipeError(
@@ -252,7 +252,7 @@ def _stage_export(ctx: Context) -> dict:
 
 
 def _undo_export(pipe, memo) -> None:
-    from .export import remove_export
+    from fluxperf.steps.export.apply import remove_export
 
     remove_export(pipe)
 

@@ -1,7 +1,7 @@
 """Fixtures of the GPU perf tier: full-size synthetic FLUX.1 pipelines at 1024x1024, batch 1 (schnell by default;
 dev and Kontext in perf/test_variants.py).
 
-Every benchmark builds a fresh pipeline and applies one ladder rung through fluxperf.runner.prepared, inside a
+Every benchmark builds a fresh pipeline and applies one ladder rung through fluxperf.measure.runner.prepared, inside a
 fresh inductor cache (so the first call is a cold compile), measures through fluxperf.bench.harness.Bench, then
 frees the GPU: one full-size model on the GPU at a time. FLUXPERF_INJECT_SLOWDOWN=<fraction> (test-only) hooks
 extra matmuls into the transformer blocks before optimization, for the regression demo.
@@ -15,7 +15,7 @@ import traceback
 
 import pytest
 
-from fluxperf.shapes import ShapeSpec
+from fluxperf.model.shapes import ShapeSpec
 
 SPEC = ShapeSpec("schnell", 1024, 1024)
 STEPS = 4
@@ -68,8 +68,8 @@ class PerfRunner:
 
         from fluxperf.bench.flops import step_flops
         from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
-        from fluxperf.model_configs import dims_of_pipeline
-        from fluxperf.shapes import transformer_inputs
+        from fluxperf.model.configs import dims_of_pipeline
+        from fluxperf.model.shapes import transformer_inputs
 
         recipe = require_rung(rung_name)
         with fresh_compile_cache(), self._prepared(recipe, text_encoders=False, spec=spec) as (run, dyn0, info):
@@ -90,9 +90,9 @@ class PerfRunner:
         import torch
 
         from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
-        from fluxperf.model_configs import dims_of_pipeline
-        from fluxperf.runner import free_gpu
-        from fluxperf.shapes import vae_latents
+        from fluxperf.measure.runner import free_gpu
+        from fluxperf.model.configs import dims_of_pipeline
+        from fluxperf.model.shapes import vae_latents
 
         recipe = require_rung(rung_name)
         with fresh_compile_cache(), self._prepared(recipe, text_encoders=False, slowdown=False) as (run, dyn0, info):
@@ -135,10 +135,10 @@ class PerfRunner:
         import torch
 
         from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
-        from fluxperf.cache_stats import last_call_cache_stats
-        from fluxperf.ladder_run import image_call
-        from fluxperf.model_configs import dims_of_pipeline
-        from fluxperf.shapes import initial_latents, stand_in_prompt_embeds
+        from fluxperf.measure.ladder_run import image_call
+        from fluxperf.model.configs import dims_of_pipeline
+        from fluxperf.model.shapes import initial_latents, stand_in_prompt_embeds
+        from fluxperf.steps.caching.stats import last_call_cache_stats
 
         recipe = require_rung(recipe)
         # the protocol disables the block cache afterwards: cache-dit patches the pipeline class
@@ -162,14 +162,14 @@ class PerfRunner:
     @contextlib.contextmanager
     def _prepared(self, recipe, *, text_encoders: bool, slowdown: bool = True, spec: ShapeSpec = SPEC,
                   steps: int = STEPS):
-        """fluxperf.runner.prepared for the perf tier: the full pipeline on the GPU in bf16, maybe the test-only
+        """fluxperf.measure.runner.prepared for the perf tier: the full pipeline on the GPU in bf16, maybe the test-only
         slowdown injected, the recipe applied (timed). Yields (Prepared, dynamo counts before apply, extra_info).
 
         Called inside fresh_compile_cache() (TORCHINDUCTOR_CACHE_DIR is the fresh directory).
         """
         from fluxperf.bench.harness import dynamo_counts
         from fluxperf.bench.slowdown import install_slowdown, slowdown_fraction
-        from fluxperf.runner import prepared
+        from fluxperf.measure.runner import prepared
 
         if recipe.export.enabled:  # packages inside the fresh inductor cache dir: cold, and deleted afterwards
             recipe = recipe.replace(export={"cache_dir": os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "aoti")})
@@ -189,7 +189,7 @@ class PerfRunner:
 
     def _freeing(self, fn, *args):
         """Run fn, then free the GPU; on failure clear the traceback's frames so they release the model."""
-        from fluxperf.runner import free_gpu
+        from fluxperf.measure.runner import free_gpu
 
         try:
             return fn(*args)

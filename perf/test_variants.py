@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from root_conftest import recipe_marks
 
-from fluxperf.shapes import ShapeSpec
+from fluxperf.model.shapes import ShapeSpec
 
 DEV = ShapeSpec("dev", 1024, 1024)
 KONTEXT = ShapeSpec("kontext", 1024, 1024)

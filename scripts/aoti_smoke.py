@@ -1,7 +1,7 @@
 """Smallest AOTInductor round trip (export -> compile -> package -> load -> run), to tell an environment problem
 from a fluxperf one.
 
-Before loading, the package's wrapper.so is inspected (fluxperf.aoti_loader): if it carries its own libstdc++ and
+Before loading, the package's wrapper.so is inspected (fluxperf.steps.export.loader): if it carries its own libstdc++ and
 the system one is not preloaded, the load is refused with the LD_PRELOAD fix instead of crashing. `--raw` loads
 with torch._inductor.aoti_load_package directly (to reproduce the crash, e.g. under cuda-gdb).
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
-    from fluxperf import aoti_loader
+    from fluxperf.steps.export import loader as aoti_loader
 
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])

@@ -35,7 +35,7 @@ def _methods():
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from fluxperf.attention import ops
+    from fluxperf.steps.attention import ops
 
     def sdpa(backend):
         def run(q, k, v):
@@ -80,7 +80,7 @@ def bench_shape(name, batch, seq, methods, timer, device="cuda", heads=HEADS) ->
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from fluxperf.attention import fp8, ops
+    from fluxperf.steps.attention import fp8, ops
 
     g = torch.Generator(device).manual_seed(0)
     q, k, v = (torch.randn(batch, seq, heads, HEAD_DIM, generator=g, device=device, dtype=torch.bfloat16)
@@ -110,7 +110,7 @@ def bench_shape(name, batch, seq, methods, timer, device="cuda", heads=HEADS) ->
 def environment() -> dict:
     import torch
 
-    from fluxperf.attention import ops
+    from fluxperf.steps.attention import ops
 
     props = torch.cuda.get_device_properties(0)
     return {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": props.name,

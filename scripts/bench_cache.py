@@ -95,11 +95,11 @@ class Bench:
     """One pipeline, one configuration at a time: enable, compile, warm up, time, measure, disable."""
 
     def __init__(self, args, pipe, build_s: float):
-        """`pipe`: the dev pipeline fluxperf.runner.prepared built (bf16, no text encoders); `build_s`: its build time."""
+        """`pipe`: the dev pipeline fluxperf.measure.runner.prepared built (bf16, no text encoders); `build_s`: its build time."""
         import torch
 
-        from fluxperf.model_configs import dims_of_pipeline
-        from fluxperf.shapes import ShapeSpec, stand_in_prompt_embeds
+        from fluxperf.model.configs import dims_of_pipeline
+        from fluxperf.model.shapes import ShapeSpec, stand_in_prompt_embeds
 
         self.args, self.torch, self.pipe, self.build_s = args, torch, pipe, build_s
         self.cuda = args.device.startswith("cuda")
@@ -154,8 +154,8 @@ class Bench:
         return row
 
     def _enable(self, kind, cfg):
-        from fluxperf.cache import COMPILE_HINT, apply_cache_dit
-        from fluxperf.fbcache import apply_first_block_cache
+        from fluxperf.steps.caching.cache_dit import COMPILE_HINT, apply_cache_dit
+        from fluxperf.steps.caching.first_block import apply_first_block_cache
 
         kw = {"variant": "dev", "num_inference_steps": self.args.steps}
         if kind == "cache_dit":
@@ -167,8 +167,8 @@ class Bench:
         return report, report["compile"]["fullgraph"]
 
     def _stats(self, kind) -> dict:
-        from fluxperf.cache import cache_dit_stats
-        from fluxperf.fbcache import first_block_cache_stats
+        from fluxperf.steps.caching.cache_dit import cache_dit_stats
+        from fluxperf.steps.caching.first_block import first_block_cache_stats
 
         if kind == "cache_dit":
             return cache_dit_stats(self.pipe)
@@ -178,8 +178,8 @@ class Bench:
                 "cached_step_indices": []}
 
     def _disable(self, kind) -> None:
-        from fluxperf.cache import disable_cache_dit
-        from fluxperf.fbcache import disable_first_block_cache
+        from fluxperf.steps.caching.cache_dit import disable_cache_dit
+        from fluxperf.steps.caching.first_block import disable_first_block_cache
 
         if kind == "cache_dit":
             disable_cache_dit(self.pipe)
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     import torch
 
-    from fluxperf.runner import prepared
+    from fluxperf.measure.runner import prepared
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_cache: needs a CUDA GPU (run it on the H100), or --model tiny --device cpu.", file=sys.stderr)

@@ -3,7 +3,7 @@
 
 Builds the synthetic full-size schnell bf16 pipeline (11.9 B-parameter transformer, random weights, no text
 encoders) on CUDA, then:
-  1. eager reference output and eager step time at the spec's shapes (fluxperf.shapes inputs);
+  1. eager reference output and eager step time at the spec's shapes (fluxperf.model.shapes inputs);
   2. apply_export (cold: export + AOTI compile + load) -> relative error vs eager; step time under the CUDA-graph
      runner and of the bare package (CUDA events, median of --iters);
   3. remove_export + apply_export again: must be a cache hit; load time and relative error;
@@ -60,8 +60,8 @@ def log(msg: str, t0: float) -> None:
 
 def time_package(package, inputs: dict, iters: int) -> dict:
     """Step time of the loaded package called directly (no CUDA graph), same positional inputs as the adapter's."""
-    from fluxperf.export_call import TRANSFORMER_INPUTS
-    from fluxperf.timing import time_fn
+    from fluxperf.measure.timing import time_fn
+    from fluxperf.steps.export.call import TRANSFORMER_INPUTS
 
     args = [inputs[n] for n in TRANSFORMER_INPUTS if n in inputs]
     return time_fn(lambda: package(*args), warmup=2, rounds=iters, device="cuda").summary()
@@ -71,11 +71,11 @@ def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: boo
     """Eager reference, cold apply_export, numerics and step times; then (reload) a cached apply_export."""
     import torch
 
-    from fluxperf.export import apply_export, remove_export
-    from fluxperf.model_configs import dims_of_pipeline
-    from fluxperf.runner import free_gpu
-    from fluxperf.shapes import transformer_inputs
-    from fluxperf.timing import time_fn
+    from fluxperf.measure.runner import free_gpu
+    from fluxperf.measure.timing import time_fn
+    from fluxperf.model.configs import dims_of_pipeline
+    from fluxperf.model.shapes import transformer_inputs
+    from fluxperf.steps.export.apply import apply_export, remove_export
 
     inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device="cuda", dtype=torch.bfloat16)
     res = {"spec": spec.key()}
@@ -121,7 +121,7 @@ def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: boo
 
 def measure_all(args, pipe, recipe, t0: float, result: dict) -> list[dict]:
     """The first resolution (cold, then a cached reload) and, if the time budget allows, --second (cold)."""
-    from fluxperf.shapes import ShapeSpec
+    from fluxperf.model.shapes import ShapeSpec
 
     runs = [measure(pipe, ShapeSpec(args.variant, *hw(args.size), args.batch), recipe, args.cache_dir, args.iters,
                     t0, reload=True, weights=args.weights)]
@@ -141,8 +141,8 @@ def main(argv=None) -> int:
 
     from fluxperf.env import fingerprint
     from fluxperf.io import atomic_write_json
+    from fluxperf.measure.runner import prepared
     from fluxperf.recipe import Recipe
-    from fluxperf.runner import prepared
 
     result = {"script": "bench_export", "args": vars(args), "ok": False}
     if not torch.cuda.is_available():

@@ -8,7 +8,7 @@ Stages (the letters of the brief):
   a  linear_so      nn.Linear-GELU-Linear (+ a buffer): export, AOTI build with weights in the .so, load, run
   b  linear_user    same, built without weights + load_constants(user_managed=True)      (the rung's default)
   b' linear_copy    same, built without weights + load_constants(user_managed=False)     (the package copies)
-  e' linear_so_graph / linear_user_graph: the linear packages replayed under fluxperf.cudagraph.CudaGraphRunner
+  e' linear_so_graph / linear_user_graph: the linear packages replayed under fluxperf.steps.export.cudagraph.CudaGraphRunner
   c  flux_fp32      tiny FLUX transformer fp32 (weights='user'), no CUDA graph
   d  flux_bf16      same in bf16
   f  vae            the VAE decoder fp32: plain run, then under the CUDA-graph runner
@@ -17,7 +17,7 @@ Stages (the letters of the brief):
   g  pipeline       public apply_export on the tiny dev pipeline (CUDA graphs), pipeline call, remove, cached re-apply
   w  weights_replaced  apply_export, then the weights replaced (load_state_dict(assign=True)): followed (user),
                     refused (so)
-Stages run with the system libstdc++ preloaded (fluxperf.aoti_loader.preload_env; --no-preload to run without:
+Stages run with the system libstdc++ preloaded (fluxperf.steps.export.loader.preload_env; --no-preload to run without:
 a package that needs it is then refused with LibstdcxxPreloadError instead of crashing the stage).
 Stages run in three waves (linear+env, FLUX builds, cache-hit stages) within a time budget (default 200 s, +30 s for gdb).
 If a stage died of a signal and gdb exists, that stage is re-run once under gdb for a native backtrace.
@@ -101,10 +101,10 @@ def stage_command(stage: str, work, *, device="cuda", spec=None, weights="user",
 
 def stage_env_vars(work, *, preload: bool = True) -> dict:
     """The stage's environment: faulthandler, a fresh Inductor cache and (preload=True) the system libstdc++
-    preloaded, without which packages that carry their own libstdc++ crash on load (fluxperf.aoti_loader)."""
+    preloaded, without which packages that carry their own libstdc++ crash on load (fluxperf.steps.export.loader)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from fluxperf.aoti_loader import preload_env
+    from fluxperf.steps.export.loader import preload_env
 
     env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONUNBUFFERED="1", TORCH_SHOW_CPP_STACKTRACES="1")
     env = preload_env(env) if preload else {k: v for k, v in env.items() if k != "LD_PRELOAD"}

@@ -31,7 +31,7 @@ class Ctx:
         self.text_len, self.weights = args.text_len, args.weights
 
     def spec(self):
-        from fluxperf.shapes import ShapeSpec
+        from fluxperf.model.shapes import ShapeSpec
 
         return ShapeSpec(*self.spec_args, text_len=self.text_len)
 
@@ -88,7 +88,7 @@ def stage_env(ctx) -> dict:
     out["aoti_load_package_signature"] = str(inspect.signature(torch._inductor.aoti_load_package))
     from dataclasses import asdict
 
-    from fluxperf.aoti_loader import process_state, system_libstdcxx
+    from fluxperf.steps.export.loader import process_state, system_libstdcxx
 
     out["libstdcxx"] = {"LD_PRELOAD": os.environ.get("LD_PRELOAD"), "system": system_libstdcxx(),
                         **asdict(process_state())}
@@ -112,9 +112,9 @@ class _TinyMLP:
 
 def _linear(ctx, mode: str, graph: bool) -> dict:
     torch = _setup(ctx)
-    from fluxperf.cudagraph import CudaGraphRunner
-    from fluxperf.export import compile_package, export_program, load_package
-    from fluxperf.export_call import ExampleInputs
+    from fluxperf.steps.export.apply import compile_package, export_program, load_package
+    from fluxperf.steps.export.call import ExampleInputs
+    from fluxperf.steps.export.cudagraph import CudaGraphRunner
 
     torch.manual_seed(0)
     model = _TinyMLP.make(torch)().to(ctx.device).eval()
@@ -155,10 +155,15 @@ def _linear(ctx, mode: str, graph: bool) -> dict:
 
 
 def _flux_module(ctx, component: str, dtype: str):
-    from fluxperf.export_call import TransformerExportModule, VaeDecodeExportModule, transformer_example, vae_example
-    from fluxperf.model_configs import dims_of_pipeline
-    from fluxperf.models import build_pipeline
+    from fluxperf.model.build import build_pipeline
+    from fluxperf.model.configs import dims_of_pipeline
     from fluxperf.recipe import Recipe
+    from fluxperf.steps.export.call import (
+        TransformerExportModule,
+        VaeDecodeExportModule,
+        transformer_example,
+        vae_example,
+    )
 
     step(f"build tiny pipeline ({dtype})")
     pipe = build_pipeline(ctx.spec_args[0], "tiny", device=ctx.device, dtype=dtype, text_encoders=False)
@@ -173,9 +178,15 @@ def _flux_module(ctx, component: str, dtype: str):
 
 
 def _build_load(ctx, component, module, example, recipe, weights: str, single_threaded: bool):
-    """What fluxperf.export._package does (same key, same cache), with a STEP marker between the parts."""
-    from fluxperf import export_cache as ec
-    from fluxperf.export import compile_package, export_program, inductor_configs_for, load_package, package_key
+    """What fluxperf.steps.export.apply._package does (same key, same cache), with a STEP marker between the parts."""
+    from fluxperf.steps.export import cache as ec
+    from fluxperf.steps.export.apply import (
+        compile_package,
+        export_program,
+        inductor_configs_for,
+        load_package,
+        package_key,
+    )
 
     key = package_key(component, module, ctx.spec(), recipe, weights)
     configs = inductor_configs_for(recipe, weights)
@@ -195,7 +206,7 @@ def _build_load(ctx, component, module, example, recipe, weights: str, single_th
 
 def _flux(ctx, component: str, dtype: str, weights: str, graph: bool) -> dict:
     torch = _setup(ctx)
-    from fluxperf.cudagraph import CudaGraphRunner
+    from fluxperf.steps.export.cudagraph import CudaGraphRunner
 
     pipe, recipe, module, example = _flux_module(ctx, component, dtype)
     with torch.no_grad():
@@ -252,9 +263,9 @@ def _pipe_call(torch, pipe, ctx, steps: int):
 def stage_pipeline(ctx) -> dict:
     """The public path of the failing test: apply_export (CUDA graphs), forward/decode/pipeline, re-apply (hit)."""
     torch = _setup(ctx)
-    from fluxperf.export import apply_export, remove_export
-    from fluxperf.model_configs import dims_of_pipeline
-    from fluxperf.shapes import transformer_inputs, vae_latents
+    from fluxperf.model.configs import dims_of_pipeline
+    from fluxperf.model.shapes import transformer_inputs, vae_latents
+    from fluxperf.steps.export.apply import apply_export, remove_export
 
     pipe, recipe, _, _ = _flux_module(ctx, "transformer", "float32")
     spec, dims, steps = ctx.spec(), dims_of_pipeline(pipe), 2
@@ -314,10 +325,10 @@ def stage_weights_replaced(ctx) -> dict:
     must follow them (re-pointed constants, re-captured graph); with weights='so' the call must be refused."""
     torch = _setup(ctx)
     from fluxperf.errors import FluxperfError
-    from fluxperf.export import apply_export, remove_export
-    from fluxperf.model_configs import dims_of_pipeline
-    from fluxperf.models import build_pipeline
-    from fluxperf.shapes import transformer_inputs
+    from fluxperf.model.build import build_pipeline
+    from fluxperf.model.configs import dims_of_pipeline
+    from fluxperf.model.shapes import transformer_inputs
+    from fluxperf.steps.export.apply import apply_export, remove_export
 
     pipe, recipe, _, _ = _flux_module(ctx, "transformer", "float32")
     recipe = recipe.replace(export={"vae": False})

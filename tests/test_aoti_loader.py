@@ -1,4 +1,4 @@
-"""fluxperf.aoti_loader / fluxperf.elf_deps: a package whose native code would crash the process is detected from its
+"""fluxperf.steps.export.loader / fluxperf.steps.export.elf: a package whose native code would crash the process is detected from its
 ELF metadata (never by loading it) and refused with the LD_PRELOAD fix; everything else loads (issue 14.1).
 
 Real shared libraries stand in for AOTInductor wrappers: one C++ library linked against libstdc++ dynamically (what
@@ -18,8 +18,8 @@ import zipfile
 
 import pytest
 
-from fluxperf import aoti_loader as al
-from fluxperf.elf_deps import ElfError, read_elf_info
+from fluxperf.steps.export import loader as al
+from fluxperf.steps.export.elf import ElfError, read_elf_info
 
 # std::regex over a device string: the code path the H200 crash went through (parse_device_str)
 SOURCE = r"""
@@ -151,7 +151,7 @@ def test_refusal_names_the_cause_and_the_exact_fix(monkeypatch):
 
 # -- this process and child processes ----------------------------------------------------------------------------
 def _child_state(env) -> str:
-    code = "import torch; from fluxperf.aoti_loader import process_state; print(process_state().global_scope)"
+    code = "import torch; from fluxperf.steps.export.loader import process_state; print(process_state().global_scope)"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                           check=True).stdout.strip()
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from fluxperf.apply import apply
-from fluxperf.compile import compile_options, compile_transformer, inductor_config_snapshot, inductor_flags
 from fluxperf.errors import RecipeError, UnavailableError
 from fluxperf.ladder import rung
-from fluxperf.model_configs import dims_of_pipeline
+from fluxperf.model.configs import dims_of_pipeline
+from fluxperf.model.shapes import ShapeSpec, transformer_inputs
 from fluxperf.optional import install_hint, probe
 from fluxperf.recipe import CompileConfig, Recipe
-from fluxperf.shapes import ShapeSpec, transformer_inputs
+from fluxperf.steps.compile import compile_options, compile_transformer, inductor_config_snapshot, inductor_flags
 
 # fp32 on CPU: fusing concatenates the same weights, so only summation order can differ.
 FUSED_QKV_ATOL = 1e-5

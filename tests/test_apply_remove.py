@@ -131,7 +131,7 @@ def test_a_narrowing_cast_is_not_undone_a_widening_one_is_exactly(tiny_pipe_fact
 
 
 def test_attention_undo_puts_the_previous_processors_back(tiny_pipe_factory):
-    from fluxperf.attention.apply import flux_attention_modules
+    from fluxperf.steps.attention.apply import flux_attention_modules
 
     pipe = tiny_pipe_factory(dtype="bfloat16")
     modules = flux_attention_modules(pipe.transformer)
@@ -162,7 +162,7 @@ def test_a_failed_apply_leaves_the_stages_before_it_removable(tiny_pipe_factory)
 
 
 def test_remove_after_the_cache_was_disabled_by_the_old_function(dev):
-    from fluxperf.cache_stats import disable_active_cache
+    from fluxperf.steps.caching.stats import disable_active_cache
 
     pipe, run, ref = dev
     apply(pipe, {"dtype": "float32", "first_block_cache": FBC}, num_inference_steps=STEPS, variant="dev")
@@ -174,11 +174,16 @@ def test_remove_after_the_cache_was_disabled_by_the_old_function(dev):
 def test_export_undo_takes_the_adapters_off(tiny_pipe_factory, monkeypatch):
     """Export needs CUDA: eager graph runners stand in for the packages (as in test_export.py); what is checked is
     that remove() runs the export stage's undo and the modules run their own forward/decode again."""
-    from fluxperf import export
-    from fluxperf.cudagraph import CudaGraphRunner, EagerReplayBackend
-    from fluxperf.export_call import TransformerExportModule, VaeDecodeExportModule, transformer_example, vae_example
-    from fluxperf.model_configs import dims_of_pipeline
-    from fluxperf.shapes import ShapeSpec
+    from fluxperf.model.configs import dims_of_pipeline
+    from fluxperf.model.shapes import ShapeSpec
+    from fluxperf.steps.export import apply as export
+    from fluxperf.steps.export.call import (
+        TransformerExportModule,
+        VaeDecodeExportModule,
+        transformer_example,
+        vae_example,
+    )
+    from fluxperf.steps.export.cudagraph import CudaGraphRunner, EagerReplayBackend
 
     def fake_apply_export(pipe, recipe, spec, *, cache_dir=None):
         dims = dims_of_pipeline(pipe)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from fluxperf.attention import aiter_ops, fp8, ops
+from fluxperf.steps.attention import aiter_ops, fp8, ops
 
 OPS = {
     "fa3": (torch.ops.fluxperf.fa3, {}),
@@ -35,11 +35,11 @@ def _sdpa_fp32(q, k, v):
 def test_import_is_light_and_ops_register_on_first_use():
     code = """
 import json, sys
-import fluxperf.attention as A
+import fluxperf.steps.attention as A
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in
                ('flash_attn_interface', 'fa3_fwd_interface', 'aiter', 'torchao', 'cache_dit', 'diffusers'))
-lazy = sorted(m for m in sys.modules if m in ('fluxperf.attention.ops', 'fluxperf.attention.aiter_ops',
-                                              'fluxperf.attention.processor'))
+lazy = sorted(m for m in sys.modules if m in ('fluxperf.steps.attention.ops', 'fluxperf.steps.attention.aiter_ops',
+                                              'fluxperf.steps.attention.processor'))
 cuda_init = 'torch' in sys.modules and sys.modules['torch'].cuda.is_initialized()
 A.fa3_fp8  # first use registers the ops
 import torch
@@ -48,7 +48,7 @@ print(json.dumps({'heavy': heavy, 'lazy': lazy, 'cuda_init': cuda_init,
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     facts = json.loads(res.stdout.strip().splitlines()[-1])
-    assert facts["heavy"] == [], f"importing fluxperf.attention imported {facts['heavy']}"
+    assert facts["heavy"] == [], f"importing fluxperf.steps.attention imported {facts['heavy']}"
     assert facts["lazy"] == [], f"op/processor modules loaded at import: {facts['lazy']}"
     assert facts["cuda_init"] is False
     assert facts["registered"] == [True, True, False]  # aiter op registers with aiter_ops, not with ops
@@ -56,7 +56,7 @@ print(json.dumps({'heavy': heavy, 'lazy': lazy, 'cuda_init': cuda_init,
 
 
 def test_register_ops_returns_all_names():
-    from fluxperf.attention import register_ops
+    from fluxperf.steps.attention import register_ops
 
     names = register_ops()
     assert names == ("fluxperf::fa3", "fluxperf::fa3_fp8", "fluxperf::aiter_fp8")
@@ -292,7 +292,7 @@ def test_fa3_fp8_scaled_uses_the_builds_descale_names(names):
 
 
 def test_fa3_api_reasons_name_module_and_build():
-    from fluxperf.attention.fa3_api import Fa3Api
+    from fluxperf.steps.attention.fa3_api import Fa3Api
 
     api = Fa3Api.of(_strict_fa3(None)[0])
     assert api.descales is None and api.reason(scaled=False) is None

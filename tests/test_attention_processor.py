@@ -7,12 +7,12 @@ import torch
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from torch.nn.attention import SDPBackend
 
-from fluxperf.attention import apply_attention, fp8, ops, registry, reset_attention
-from fluxperf.attention.processor import FluxperfAttnProcessor, make_kernel, restricted_sdpa_attention
-from fluxperf.model_configs import dims_of_pipeline
-from fluxperf.models import build_pipeline
+from fluxperf.model.build import build_pipeline
+from fluxperf.model.configs import dims_of_pipeline
+from fluxperf.model.shapes import ShapeSpec, transformer_inputs
 from fluxperf.recipe import AttentionConfig
-from fluxperf.shapes import ShapeSpec, transformer_inputs
+from fluxperf.steps.attention import apply_attention, fp8, ops, registry, reset_attention
+from fluxperf.steps.attention.processor import FluxperfAttnProcessor, make_kernel, restricted_sdpa_attention
 
 # Tiny transformer (3 attention layers, head_dim 16), random inputs, relative error of the output vs the stock processor,
 # measured for schnell/kontext x batch 1/2 x fused or not: fp8 ops via their CPU reference kernels (fa3_fp8 unscaled or

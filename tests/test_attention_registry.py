@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from fluxperf import optional
-from fluxperf.attention import apply_attention, available_backends, check_backend, registry
 from fluxperf.errors import RecipeError, UnavailableError
-from fluxperf.models import build_pipeline
+from fluxperf.model.build import build_pipeline
 from fluxperf.recipe import AttentionBackendName, AttentionConfig
+from fluxperf.steps.attention import apply_attention, available_backends, check_backend, registry
 
 H100 = registry.Target("cuda", "bfloat16", 128, seq_len=4608, capability=(9, 0))
 MI300 = registry.Target("cuda", "bfloat16", 128, capability=(9, 4), hip=True, arch="gfx942:sramecc+:xnack-")
@@ -32,7 +32,7 @@ def fake_fa3(monkeypatch):
 
 
 def _clear_caches():
-    from fluxperf.attention import ops
+    from fluxperf.steps.attention import ops
 
     optional.find_module.cache_clear()
     registry.package_reason.cache_clear()
@@ -148,7 +148,7 @@ def test_apply_raises_with_reason_and_hint(tiny_transformer):
 
 
 def test_apply_falls_back_only_when_asked_and_records_it(tiny_transformer):
-    from fluxperf.attention.processor import FluxperfAttnProcessor
+    from fluxperf.steps.attention.processor import FluxperfAttnProcessor
 
     report = apply_attention(tiny_transformer, AttentionConfig("fa3_fp8", "per_head", fallback="sdpa"))
     assert report["requested"] == "fa3_fp8" and report["backend"] == "sdpa"

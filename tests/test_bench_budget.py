@@ -23,7 +23,7 @@ from fluxperf.bench.budget import (
 )
 from fluxperf.bench.flops import step_flops
 from fluxperf.cli import main
-from fluxperf.shapes import ShapeSpec
+from fluxperf.model.shapes import ShapeSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 H100_COMPILE = ROOT / "baselines/nvidia-h100-80gb-hbm3/kernels/test_ladder.py-test_transformer_step-compile.csv"

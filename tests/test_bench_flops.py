@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fluxperf.bench.flops import mfu, step_flops, tflops
-from fluxperf.shapes import ShapeSpec
+from fluxperf.model.shapes import ShapeSpec
 
 
 def test_1024_step_is_about_74_tflop_by_the_stated_formula():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fluxperf.bench.slowdown import ENV, extra_width, install_slowdown, slowdown_fraction
-from fluxperf.shapes import ShapeSpec
+from fluxperf.model.shapes import ShapeSpec
 
 
 def test_fraction_from_environment():
@@ -29,8 +29,8 @@ def test_hooks_run_extra_matmuls_and_keep_outputs(tiny_pipe_factory):
 
     pipe = tiny_pipe_factory(dtype="bfloat16", text_encoders=False)
     t = pipe.transformer
-    from fluxperf.model_configs import dims_of_pipeline
-    from fluxperf.shapes import transformer_inputs
+    from fluxperf.model.configs import dims_of_pipeline
+    from fluxperf.model.shapes import transformer_inputs
 
     spec = ShapeSpec("schnell", 64, 64)
     x = transformer_inputs(spec, dims_of_pipeline(pipe), dtype=torch.bfloat16)

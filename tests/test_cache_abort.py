@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fluxperf.cache_stats import disable_active_cache, last_call_cache_stats
 from fluxperf.recipe import CacheDitConfig, FirstBlockCacheConfig
+from fluxperf.steps.caching.stats import disable_active_cache, last_call_cache_stats
 
 STEPS, ABORT_AT = 6, 2
 # random tiny weights change the first block's residual by ~0.9-1.15 per step: these cache some steps, not all
@@ -43,7 +43,7 @@ def _interrupt_at(step: int):
 
 
 def _runner(variant: str):
-    from fluxperf.models import build_pipeline
+    from fluxperf.model.build import build_pipeline
 
     pipe = build_pipeline(variant, "tiny", text_encoders=False, dtype="float32")
     pipe.set_progress_bar_config(disable=True)
@@ -65,13 +65,13 @@ def _runner(variant: str):
 
 def _enable(kind: str, pipe, variant: str) -> None:
     if kind == "first_block":
-        from fluxperf.fbcache import apply_first_block_cache
+        from fluxperf.steps.caching.first_block import apply_first_block_cache
 
         apply_first_block_cache(pipe, FirstBlockCacheConfig(enabled=True, threshold=THRESHOLD[kind]), variant=variant,
                                 num_inference_steps=STEPS)
     else:
         pytest.importorskip("cache_dit", reason="needs cache-dit: pip install 'fluxperf[cache-dit]'")
-        from fluxperf.cache import apply_cache_dit
+        from fluxperf.steps.caching.cache_dit import apply_cache_dit
 
         apply_cache_dit(pipe, CacheDitConfig(enabled=True, Fn=1, Bn=0, residual_diff_threshold=THRESHOLD[kind],
                                              max_warmup_steps=1), variant=variant, num_inference_steps=STEPS)

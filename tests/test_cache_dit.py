@@ -18,7 +18,7 @@ from fluxperf.recipe import CacheDitConfig
 
 pytest.importorskip("cache_dit", reason="needs cache-dit: pip install 'fluxperf[cache-dit]'")
 
-from fluxperf.cache import (  # noqa: E402
+from fluxperf.steps.caching.cache_dit import (  # noqa: E402
     COMPILE_HINT,
     apply_cache_dit,
     cache_dit_stats,
@@ -83,7 +83,7 @@ def test_schnell_is_refused_by_name(clean):
 
 
 def test_schnell_pipeline_is_refused_even_if_called_dev():
-    from fluxperf.models import build_pipeline
+    from fluxperf.model.build import build_pipeline
 
     pipe = build_pipeline("schnell", "tiny", text_encoders=False, dtype="float32")
     with pytest.raises(RecipeError, match="schnell"):
@@ -214,9 +214,13 @@ def test_enabling_twice_is_refused(clean):
 @pytest.mark.slow
 def test_compile_hints_hold_under_dynamo(tiny_image_runner):
     """cache-dit: regional fullgraph=True compiles and matches eager. FBC: fullgraph=True fails, False matches."""
-    from fluxperf.fbcache import COMPILE_HINT as FBC_HINT
-    from fluxperf.fbcache import apply_first_block_cache, disable_first_block_cache, first_block_cache_stats
     from fluxperf.recipe import FirstBlockCacheConfig
+    from fluxperf.steps.caching.first_block import COMPILE_HINT as FBC_HINT
+    from fluxperf.steps.caching.first_block import (
+        apply_first_block_cache,
+        disable_first_block_cache,
+        first_block_cache_stats,
+    )
 
     pipe, run = tiny_image_runner("dev", STEPS)
     steps = 4  # step 0 computed, steps 1-3 cached (loose thresholds), all through compiled blocks

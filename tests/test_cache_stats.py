@@ -1,17 +1,17 @@
-"""fluxperf.cache_stats on tiny dev pipelines (CPU), and the ladder reporting steps served from the cache."""
+"""fluxperf.steps.caching.stats on tiny dev pipelines (CPU), and the ladder reporting steps served from the cache."""
 
 from __future__ import annotations
 
 import pytest
 
-from fluxperf import caching
-from fluxperf.cache_stats import active_cache, disable_active_cache, last_call_cache_stats
 from fluxperf.errors import FluxperfError
 from fluxperf.ladder import recipe_from
 from fluxperf.optional import probe
+from fluxperf.steps.caching import common as caching
+from fluxperf.steps.caching.stats import active_cache, disable_active_cache, last_call_cache_stats
 
 
-# -- fluxperf.caching: the one slot both caches record themselves in (no cache package needed) ---------------------
+# -- fluxperf.steps.caching.common: the one slot both caches record themselves in (no cache package needed) ---------------------
 class _Pipe:
     """A stand-in: the slot only needs attributes."""
 
@@ -40,11 +40,12 @@ def test_fbcache_no_longer_borrows_from_the_cache_dit_adapter():
     import ast
     import inspect
 
-    from fluxperf import cache_stats, fbcache
+    from fluxperf.steps.caching import first_block as fbcache
+    from fluxperf.steps.caching import stats as cache_stats
 
     tree = ast.parse(inspect.getsource(fbcache))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert "cache" not in imported and "caching" in imported
+    assert "fluxperf.steps.caching.cache_dit" not in imported and "fluxperf.steps.caching.common" in imported
     assert "_STATE_ATTR" not in inspect.getsource(cache_stats)  # public functions only
 
 
@@ -98,9 +99,9 @@ def active_cache_on_class_is_off() -> bool:
 def test_ladder_reports_cached_steps(monkeypatch, tmp_path):
     """The ladder's cache rungs report how many steps of their image came from the cache (here a CPU recipe
     stands in for cache_dit_f1b0, whose full stack needs a GPU)."""
-    from fluxperf import ladder_run
-    from fluxperf.ladder_report import table
-    from fluxperf.ladder_run import LadderOptions, run_ladder
+    from fluxperf.measure import ladder_run
+    from fluxperf.measure.ladder_report import table
+    from fluxperf.measure.ladder_run import LadderOptions, run_ladder
 
     cpu = {name: recipe_from({"base": "bf16", "cache_dit": CACHE_DIT, "name": name})
            for name in ("cache_dit_f1b0", "cache_dit_f8b0")}  # two cache rungs in a row: the first must clean up

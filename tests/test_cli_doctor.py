@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from fluxperf import aoti_loader as al
 from fluxperf.cli import doctor, main
+from fluxperf.steps.export import loader as al
 
 ITEMS = ["torch", "gpu", "fa3", "torchao", "cache-dit", "nvml", "aoti"]
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fluxperf.cli import build_parser, main
-from fluxperf.ladder_run import LadderOptions, OptionError
+from fluxperf.measure.ladder_run import LadderOptions, OptionError
 
 
 @pytest.fixture
@@ -19,8 +19,8 @@ def no_model_build(monkeypatch):
     def built(*args, **kwargs):
         raise AssertionError("a model was built before the bad value was refused")
 
-    monkeypatch.setattr("fluxperf.models.build_pipeline", built)
-    monkeypatch.setattr("fluxperf.ladder_run.run_ladder", built)
+    monkeypatch.setattr("fluxperf.model.build.build_pipeline", built)
+    monkeypatch.setattr("fluxperf.measure.ladder_run.run_ladder", built)
     monkeypatch.setattr("fluxperf.cli.profile._profile_rung", built)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # "cuda without a GPU", on any machine
 

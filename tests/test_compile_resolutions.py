@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from fluxperf import compile as fcompile
 from fluxperf.apply import apply
-from fluxperf.compile_watch import RecompileLimitError
 from fluxperf.recipe import Recipe
+from fluxperf.steps import compile as fcompile
+from fluxperf.steps.compile_watch import RecompileLimitError
 
 RESOLUTIONS = [(64, 64), (80, 64), (96, 64), (112, 64), (128, 64), (64, 80), (64, 96), (144, 64), (96, 112),
                (64, 64)]  # 9 distinct sizes, then the first again

@@ -9,14 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluxperf.cudagraph import (
+from fluxperf.errors import FluxperfError
+from fluxperf.steps.export.cudagraph import (
     CudaGraphRunner,
     EagerReplayBackend,
     GraphKeyError,
     cudagraph,
     signature_key,
 )
-from fluxperf.errors import FluxperfError
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64]
 shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple)
@@ -226,7 +226,7 @@ def test_teardown_drops_graphs_before_the_function_they_replay():
 
 
 def test_cuda_backend_refuses_capture_without_warmup():
-    from fluxperf.cudagraph import CudaGraphBackend
+    from fluxperf.steps.export.cudagraph import CudaGraphBackend
 
     with pytest.raises(FluxperfError, match=r"warmup=0 .*Fix: pass e.g. warmup=2"):
         CudaGraphBackend(warmup=0)

@@ -6,9 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fluxperf.cudagraph import CudaGraphRunner, EagerReplayBackend
 from fluxperf.errors import RecipeError, UnavailableError
-from fluxperf.export import (
+from fluxperf.ladder import rung
+from fluxperf.model.build import build_pipeline, pipeline_class
+from fluxperf.model.configs import dims_of_pipeline, model_dims
+from fluxperf.model.shapes import ShapeSpec
+from fluxperf.recipe import Recipe
+from fluxperf.steps.export.apply import (
     ExportCacheConflictError,
     ExportError,
     apply_export,
@@ -18,18 +22,14 @@ from fluxperf.export import (
     install_adapters,
     remove_export,
 )
-from fluxperf.export_call import (
+from fluxperf.steps.export.call import (
     ExportShapeError,
     TransformerExportModule,
     VaeDecodeExportModule,
     transformer_example,
     vae_example,
 )
-from fluxperf.ladder import rung
-from fluxperf.model_configs import dims_of_pipeline, model_dims
-from fluxperf.models import build_pipeline, pipeline_class
-from fluxperf.recipe import Recipe
-from fluxperf.shapes import ShapeSpec
+from fluxperf.steps.export.cudagraph import CudaGraphRunner, EagerReplayBackend
 
 RESOLUTIONS = [(512, 512), (1024, 1024), (768, 1360)]
 
@@ -203,7 +203,7 @@ def test_export_refuses_cache_dit():
 
 # -- weights modes (how a package gets its weights) --------------------------------------------------------
 def test_weights_mode_from_argument_env_and_default(monkeypatch):
-    from fluxperf.export import WEIGHTS_ENV, inductor_configs_for, weights_mode
+    from fluxperf.steps.export.apply import WEIGHTS_ENV, inductor_configs_for, weights_mode
 
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     assert weights_mode() == "user" and weights_mode("copy") == "copy"
@@ -221,7 +221,7 @@ def test_weights_mode_from_argument_env_and_default(monkeypatch):
 
 
 def test_package_key_has_weight_values_only_when_they_are_inside():
-    from fluxperf.export import package_key
+    from fluxperf.steps.export.apply import package_key
 
     spec = ShapeSpec("dev", 64, 96, text_len=16)
     recipe = Recipe.from_dict({"dtype": "float32", "export": {"enabled": True}})
@@ -255,8 +255,8 @@ class _FakePackage:
 def test_load_package_gives_weights_per_mode(monkeypatch, mode):
     import torch._inductor
 
-    from fluxperf import aoti_loader
-    from fluxperf.export import load_package
+    from fluxperf.steps.export import loader as aoti_loader
+    from fluxperf.steps.export.apply import load_package
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     fake, calls, checked = _FakePackage(["0.weight", "0.bias", "1.running_mean"]), [], []
@@ -280,8 +280,8 @@ def test_load_package_gives_weights_per_mode(monkeypatch, mode):
 def test_load_package_names_missing_constants_and_the_fallback(monkeypatch):
     import torch._inductor
 
-    from fluxperf import aoti_loader
-    from fluxperf.export import load_package
+    from fluxperf.steps.export import loader as aoti_loader
+    from fluxperf.steps.export.apply import load_package
 
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path, **kw: _FakePackage(["_tensor_constant0"]))
     monkeypatch.setattr(aoti_loader, "ensure_loadable", lambda path: None)
@@ -309,8 +309,8 @@ def test_load_package_refuses_a_package_that_would_crash_this_process(monkeypatc
 
     import torch._inductor
 
-    from fluxperf import aoti_loader
-    from fluxperf.export import LibstdcxxPreloadError, load_package
+    from fluxperf.steps.export import loader as aoti_loader
+    from fluxperf.steps.export.apply import LibstdcxxPreloadError, load_package
 
     path = tmp_path / "p.pt2"
     with zipfile.ZipFile(path, "w") as z:

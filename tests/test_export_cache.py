@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-from fluxperf import export_cache as ec
 from fluxperf.errors import FluxperfError
 from fluxperf.ladder import rung
-from fluxperf.models import build_pipeline
+from fluxperf.model.build import build_pipeline
+from fluxperf.model.shapes import ShapeSpec
 from fluxperf.recipe import Recipe
-from fluxperf.shapes import ShapeSpec
+from fluxperf.steps.export import cache as ec
 
 # -- cache keys and manifests ----------------------------------------------------------------------------
 SPEC = ShapeSpec("schnell", 512, 512)
@@ -151,8 +151,8 @@ def test_module_fingerprint_ignores_private_config_bookkeeping():
 
 # -- stale packages: the traced code is in the key (issue 13.3) ----------------------------------------------------
 def _package_key(pipe, recipe=None):
-    from fluxperf.export import package_key
-    from fluxperf.export_call import TransformerExportModule
+    from fluxperf.steps.export.apply import package_key
+    from fluxperf.steps.export.call import TransformerExportModule
 
     recipe = recipe or Recipe.from_dict({"dtype": "float32", "export": {"enabled": True}})
     return package_key("transformer", TransformerExportModule(pipe.transformer), ShapeSpec("dev", 64, 96), recipe)
@@ -241,7 +241,7 @@ def test_a_changed_module_attribute_is_a_miss():
 
 def test_processor_source_is_in_the_key(tmp_path):
     """An attention processor from the user's own module: its source joins the hash (files of every processor)."""
-    from fluxperf.export_code import traced_source_files
+    from fluxperf.steps.export.code import traced_source_files
 
     pipe = build_pipeline("dev", "tiny", dtype="float32", text_encoders=False)
     _, mod = _user_module(tmp_path, "fluxperf_test_user_proc", "from diffusers.models.transformers.transformer_flux "
@@ -249,6 +249,6 @@ def test_processor_source_is_in_the_key(tmp_path):
     before = traced_source_files(pipe.transformer)
     assert any(f.endswith("transformer_flux.py") for f in before)  # diffusers' own model and processor
     assert any(f.endswith("embeddings.py") for f in before)  # apply_rotary_emb & co., one import away
-    assert any(f.endswith("fluxperf/attention/processor.py") for f in before)  # fluxperf's traced code
+    assert any(f.endswith("fluxperf/steps/attention/processor.py") for f in before)  # fluxperf's traced code
     pipe.transformer.set_attn_processor(mod.UserProcessor())
     assert str(tmp_path / "fluxperf_test_user_proc.py") in traced_source_files(pipe.transformer)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fluxperf.cudagraph import CudaGraphRunner, EagerReplayBackend
-from fluxperf.export import export_program, install_adapters, remove_export
-from fluxperf.export_call import TransformerExportModule, transformer_example
-from fluxperf.model_configs import dims_of_pipeline
-from fluxperf.models import build_pipeline
-from fluxperf.shapes import ShapeSpec
+from fluxperf.model.build import build_pipeline
+from fluxperf.model.configs import dims_of_pipeline
+from fluxperf.model.shapes import ShapeSpec
+from fluxperf.steps.export.apply import export_program, install_adapters, remove_export
+from fluxperf.steps.export.call import TransformerExportModule, transformer_example
+from fluxperf.steps.export.cudagraph import CudaGraphRunner, EagerReplayBackend
 
 
 # -- weights replaced after export (issue 13.4) ---------------------------------------------------------------------
@@ -24,7 +24,7 @@ class _RecordingPackage:
 
 
 def _guarded(mode="user"):
-    from fluxperf.export_weights import WeightsGuard
+    from fluxperf.steps.export.weights import WeightsGuard
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     package = _RecordingPackage()
@@ -55,7 +55,7 @@ def test_guard_follows_replaced_parameters_in_user_mode():
 
 @pytest.mark.parametrize("mode", ["copy", "so"])
 def test_guard_refuses_replaced_weights_where_the_package_holds_a_snapshot(mode):
-    from fluxperf.export_weights import WeightsReplacedError
+    from fluxperf.steps.export.weights import WeightsReplacedError
 
     model, package, guard = _guarded(mode)
     model[0].weight = torch.nn.Parameter(torch.zeros(4, 4))
@@ -66,7 +66,7 @@ def test_guard_refuses_replaced_weights_where_the_package_holds_a_snapshot(mode)
 
 
 def test_guard_refuses_what_it_cannot_follow():
-    from fluxperf.export_weights import WeightsReplacedError
+    from fluxperf.steps.export.weights import WeightsReplacedError
 
     model, package, guard = _guarded()
     model[0].weight = torch.nn.Parameter(torch.zeros(4, 4, dtype=torch.float64))
@@ -86,8 +86,8 @@ def test_real_cpu_package_follows_replaced_weights(tmp_path):
     """AOTInductor on CPU (torch 2.13 builds CPU packages here): the tiny FLUX transformer with weights='user' under
     the graph runner; load_state_dict(assign=True) with another seed's weights, then param.data = ..., then an
     in-place change: every call equals eager with the CURRENT weights. weights='copy' refuses instead."""
-    from fluxperf.export import WeightsReplacedError, compile_package, load_package
-    from fluxperf.export_call import _single
+    from fluxperf.steps.export.apply import WeightsReplacedError, compile_package, load_package
+    from fluxperf.steps.export.call import _single
 
     pipe = build_pipeline("schnell", "tiny", dtype="float32", text_encoders=False)
     other = build_pipeline("schnell", "tiny", dtype="float32", text_encoders=False, seed=1)

@@ -1,4 +1,4 @@
-"""diffusers' first-block cache through fluxperf.fbcache on tiny dev/Kontext pipelines (CPU).
+"""diffusers' first-block cache through fluxperf.steps.caching.first_block on tiny dev/Kontext pipelines (CPU).
 
 FBC computes step 0, then skips all blocks after the first whenever the first block's residual changed by
 <= threshold (relative mean |diff|). Random tiny weights change it by ~0.4-0.9 per step: 4.9 caches every step
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fluxperf.errors import FluxperfError, RecipeError, UnavailableError
-from fluxperf.fbcache import (
+from fluxperf.recipe import CacheDitConfig, FirstBlockCacheConfig
+from fluxperf.steps.caching.first_block import (
     COMPILE_HINT,
     apply_first_block_cache,
     disable_first_block_cache,
@@ -19,7 +20,6 @@ from fluxperf.fbcache import (
     is_first_block_cache_enabled,
     teacache_available,
 )
-from fluxperf.recipe import CacheDitConfig, FirstBlockCacheConfig
 
 STEPS = 10
 LOOSE, TIGHT = 4.9, 1e-6
@@ -41,7 +41,7 @@ def clean(tiny):
     pipe = tiny[1]
     if is_first_block_cache_enabled(pipe):
         disable_first_block_cache(pipe)
-    from fluxperf.cache import disable_cache_dit, is_cache_dit_enabled
+    from fluxperf.steps.caching.cache_dit import disable_cache_dit, is_cache_dit_enabled
 
     if is_cache_dit_enabled(pipe):
         disable_cache_dit(pipe)
@@ -70,7 +70,7 @@ def test_one_step_leaves_nothing_to_cache(clean):
 
 def test_both_caches_are_refused_either_way(clean):
     pytest.importorskip("cache_dit", reason="needs cache-dit: pip install 'fluxperf[cache-dit]'")
-    from fluxperf.cache import apply_cache_dit, disable_cache_dit
+    from fluxperf.steps.caching.cache_dit import apply_cache_dit, disable_cache_dit
 
     variant, pipe, _, _ = clean
     apply_first_block_cache(pipe, _cfg(), variant=variant, num_inference_steps=STEPS)
@@ -148,7 +148,7 @@ def test_counts_agree_with_cache_dit_f1b0(clean):
     """Same decision rule (relative mean |diff| of the first block's residual): cache-dit F1B0 with one warm-up
     step must cache the same steps and give the same image; this checks fluxperf's FBC counter independently."""
     pytest.importorskip("cache_dit", reason="needs cache-dit: pip install 'fluxperf[cache-dit]'")
-    from fluxperf.cache import apply_cache_dit, cache_dit_stats, disable_cache_dit
+    from fluxperf.steps.caching.cache_dit import apply_cache_dit, cache_dit_stats, disable_cache_dit
 
     variant, pipe, run, _ = clean
     apply_first_block_cache(pipe, _cfg(0.8), variant=variant, num_inference_steps=STEPS)
@@ -166,7 +166,7 @@ def test_counts_agree_with_cache_dit_f1b0(clean):
 def test_works_after_cache_dit_was_disabled(clean):
     """cache-dit reorders the transformer's child modules; FBC picks head/tail in that order (regression)."""
     pytest.importorskip("cache_dit", reason="needs cache-dit: pip install 'fluxperf[cache-dit]'")
-    from fluxperf.cache import apply_cache_dit, disable_cache_dit
+    from fluxperf.steps.caching.cache_dit import apply_cache_dit, disable_cache_dit
 
     variant, pipe, run, _ = clean
     apply_cache_dit(pipe, CacheDitConfig(enabled=True, Fn=1, Bn=0, max_warmup_steps=2), variant=variant,

@@ -115,8 +115,8 @@ def test_update_refuses_a_kernel_table_that_is_not_kernel_records(tmp_path, tabl
 
 # == fixed: wrong types that are falsy ([] / 0) slipped through `or {}`; untyped sections crashed `show` ======
 FALSY_OR_UNTYPED = {
-    "thresholds []": ("fluxperf.thresholds", lambda d: d["fluxperf"].update(thresholds=[])),
-    "thresholds 0": ("fluxperf.thresholds", lambda d: d["fluxperf"].update(thresholds=0)),
+    "thresholds []": ("fluxperf.measure.thresholds", lambda d: d["fluxperf"].update(thresholds=[])),
+    "thresholds 0": ("fluxperf.measure.thresholds", lambda d: d["fluxperf"].update(thresholds=0)),
     "kernel_tables []": ("fluxperf.kernel_tables", lambda d: d["fluxperf"].update(kernel_tables=[])),
     "provenance list": ("fluxperf.provenance", lambda d: d["fluxperf"].update(provenance=[])),
     "removed string": ("fluxperf.removed", lambda d: d["fluxperf"].update(removed="x")),
@@ -192,7 +192,7 @@ def test_update_refuses_a_record_too_short_to_ever_show_a_regression(tmp_path):
     assert cli("baseline", "update", one, "--root", tmp_path / "b") == EXIT_BASELINE_ERROR
 
 
-# == fixed after the attack: `fluxperf baseline numerics` (fluxperf/cli/_numerics.py, fluxperf/thresholds.py) ==================
+# == fixed after the attack: `fluxperf baseline numerics` (fluxperf/cli/_numerics.py, fluxperf/measure/thresholds.py) ==================
 GOOD_MEASURED = {"compile": {"psnr_db": 40.0, "forward_rel_err": 0.01, "vae_rel_err": 0.01}}
 
 
@@ -208,7 +208,7 @@ def test_numerics_with_an_odd_measured_file_is_one_line_not_a_traceback(tmp_path
                                       {"psnr_db": 40.0, "forward_rel_err": 5.0, "vae_rel_err": 0.01}],
                          ids=["psnr-below-margin", "rel-err-over-1"])
 def test_numerics_never_writes_a_file_its_own_loader_refuses(tmp_path, measured):
-    from fluxperf.thresholds import load, path_for
+    from fluxperf.measure.thresholds import load, path_for
 
     good = write(tmp_path / "good.json", GOOD_MEASURED)
     assert cli("baseline", "numerics", good, "--gpu", "NVIDIA H200", "--root", tmp_path / "b") == 0
@@ -329,7 +329,7 @@ def test_a_benchmark_whose_comparison_crashed_is_not_reported_as_a_pass(project,
 
 def test_numerics_from_identical_images_is_a_60_db_minimum(tmp_path):
     """An infinite measured PSNR (bit-identical images) is a real measurement, not an error."""
-    from fluxperf.thresholds import load, path_for
+    from fluxperf.measure.thresholds import load, path_for
 
     m = tmp_path / "m.json"
     m.write_text('{"compile": {"psnr_db": Infinity, "forward_rel_err": 0.01, "vae_rel_err": 0.01}}')

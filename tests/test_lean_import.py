@@ -28,8 +28,8 @@ def test_import_fluxperf_loads_no_torch_and_no_optional_stack():
 
 
 def test_library_modules_import_no_optional_stack_nor_cuda():
-    modules = ("fluxperf, fluxperf.recipe, fluxperf.ladder, fluxperf.apply, fluxperf.models, fluxperf.shapes, "
-               "fluxperf.compile, fluxperf.quantize, fluxperf.env, fluxperf.metrics, fluxperf.ladder_run, "
+    modules = ("fluxperf, fluxperf.recipe, fluxperf.ladder, fluxperf.apply, fluxperf.model.build, fluxperf.model.shapes, "
+               "fluxperf.steps.compile, fluxperf.steps.quantize, fluxperf.env, fluxperf.measure.metrics, fluxperf.measure.ladder_run, "
                "fluxperf.cli")
     result = _loaded_after(modules)
     bad = [m for m in result["loaded"] if m.split(".")[0] in FORBIDDEN or m.split(".")[0] == "diffusers"]

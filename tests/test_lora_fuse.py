@@ -12,9 +12,9 @@ import torch
 
 from fluxperf.apply import apply
 from fluxperf.errors import RecipeError
-from fluxperf.model_configs import dims_of_pipeline
+from fluxperf.model.configs import dims_of_pipeline
+from fluxperf.model.shapes import ShapeSpec, transformer_inputs
 from fluxperf.recipe import Recipe
-from fluxperf.shapes import ShapeSpec, transformer_inputs
 
 FUSED = Recipe(dtype="float32", fuse_qkv=True)
 ATOL = 1e-5  # fp32: fusing concatenates the same weights, only summation order differs

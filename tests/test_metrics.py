@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fluxperf.metrics import compare_images, psnr, relative_error, sqnr_db, ssim
+from fluxperf.measure.metrics import compare_images, psnr, relative_error, sqnr_db, ssim
 
 images = arrays(np.uint8, st.tuples(st.integers(4, 16), st.integers(4, 16), st.just(3)))
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fluxperf.model_configs import transformer_config
-from fluxperf.models import build_pipeline, count_parameters, variant_of
+from fluxperf.model.build import build_pipeline, count_parameters, variant_of
+from fluxperf.model.configs import transformer_config
 
 
 def _image(pipe, seed=0, **kw):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fluxperf import quantize
-from fluxperf.quantize import float8_shape_reason
 from fluxperf.recipe import QuantizeConfig
+from fluxperf.steps import quantize
+from fluxperf.steps.quantize import float8_shape_reason
 
 
 @pytest.mark.parametrize("shape, granularity, expected", [

@@ -4,7 +4,7 @@ refused by `Recipe.validate` with one line naming the combination and the fix.
 
 On CPU the compiler runs with dynamo's "eager" backend (`cheap_compile`): graph capture, fullgraph and guards are
 real (that is where cache hooks and compile modes conflict), Inductor's code generation is skipped (the compile
-mode and inductor options are still built and checked by fluxperf.compile.compile_options, for every accepted
+mode and inductor options are still built and checked by fluxperf.steps.compile.compile_options, for every accepted
 combination). The CUDA-only part runs in tests/gpu/test_recipe_space_gpu.py.
 """
 
@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from fluxperf.apply import apply
-from fluxperf.cache_stats import disable_active_cache
-from fluxperf.compile import compile_options
 from fluxperf.errors import RecipeError, UnavailableError
 from fluxperf.ladder import recipe_from
 from fluxperf.recipe import Recipe
 from fluxperf.recipe_space import AXES, combinations, judge
+from fluxperf.steps.caching.stats import disable_active_cache
+from fluxperf.steps.compile import compile_options
 
 STEPS = 10  # > cache-dit's 8 warm-up steps, so its cache decisions run
 FIELD_PATHS = {f"{s}.{n}" for s, sub in Recipe().to_dict().items() if isinstance(sub, dict) for n in sub} | \
@@ -178,7 +178,7 @@ GPU_ONLY = [
 @pytest.mark.parametrize("data, words", GPU_ONLY, ids=[str(d) for d, _ in GPU_ONLY])
 def test_accepted_gpu_only_combinations_are_refused_on_cpu_for_the_hardware(data, words, tiny_pipe_factory):
     """On a CPU the CUDA-only part cannot run: apply() refuses it (hardware or package), never another error."""
-    from fluxperf.shapes import ShapeSpec
+    from fluxperf.model.shapes import ShapeSpec
 
     pipe = tiny_pipe_factory("dev", dtype="bfloat16")
     with pytest.raises(UnavailableError) as info:

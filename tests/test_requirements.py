@@ -14,8 +14,8 @@ from root_conftest import recipe_marks
 from fluxperf.apply import apply
 from fluxperf.errors import RecipeError, UnavailableError
 from fluxperf.ladder import rung, rung_names
+from fluxperf.model.shapes import ShapeSpec
 from fluxperf.requirements import FLOAT8_HARDWARE, HARDWARE, missing, requirements
-from fluxperf.shapes import ShapeSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 NEED_MARKS = {"fa3", "torchao", "cache_dit", "aiter", "export"}  # the markers a recipe's needs can add (and gpu)
@@ -116,8 +116,8 @@ def test_collected_perf_and_numerics_tests_carry_the_old_marks(collected_marks):
 @pytest.fixture
 def no_compile(monkeypatch):
     """The compile stage needs nothing and refuses nothing for lack of a package: skip its minutes on CPU."""
-    monkeypatch.setattr("fluxperf.compile.compile_transformer", lambda *a, **k: {"stubbed": True})
-    monkeypatch.setattr("fluxperf.compile.compile_vae_decoder", lambda *a, **k: {})
+    monkeypatch.setattr("fluxperf.steps.compile.compile_transformer", lambda *a, **k: {"stubbed": True})
+    monkeypatch.setattr("fluxperf.steps.compile.compile_vae_decoder", lambda *a, **k: {})
 
 
 def refusal(pipe, name) -> UnavailableError | None:
@@ -183,7 +183,7 @@ def test_stages_outside_the_plan_need_nothing():
 def test_float8_hardware_floor_is_quantizes(monkeypatch):
     import torch
 
-    from fluxperf.quantize import check_float8_hardware
+    from fluxperf.steps.quantize import check_float8_hardware
 
     floor = HARDWARE[FLOAT8_HARDWARE][1].capability
     below = (floor[0], floor[1] - 1)

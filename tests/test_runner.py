@@ -1,4 +1,4 @@
-"""fluxperf.runner (the measuring protocol) and the example-input helpers it moved into fluxperf.shapes.
+"""fluxperf.measure.runner (the measuring protocol) and the example-input helpers it moved into fluxperf.model.shapes.
 
 The protocol is run for real on tiny CPU pipelines: it times apply(), and it frees whatever happens — a failing
 apply (after a real block cache was enabled) or a failing measurement still disables the cache, drops every
@@ -14,12 +14,12 @@ import weakref
 import pytest
 import torch
 
-from fluxperf import runner
 from fluxperf.apply import STAGES, Stage
-from fluxperf.cache_stats import active_cache
 from fluxperf.ladder import recipe_from
-from fluxperf.model_configs import dims_of_pipeline, model_dims
-from fluxperf.shapes import ShapeSpec, initial_latents, stand_in_prompt_embeds
+from fluxperf.measure import runner
+from fluxperf.model.configs import dims_of_pipeline, model_dims
+from fluxperf.model.shapes import ShapeSpec, initial_latents, stand_in_prompt_embeds
+from fluxperf.steps.caching.stats import active_cache
 
 STEPS = 6
 FBC = {"enabled": True, "threshold": 4.9}  # diffusers' first-block cache: no optional package needed
@@ -27,13 +27,13 @@ FBC = {"enabled": True, "threshold": 4.9}  # diffusers' first-block cache: no op
 
 # -- the example inputs: the same tensors as the three copies they replace -------------------------------------
 # Frozen copies of the code the helpers replaced (issue 18), kept as the specification of their values.
-def _old_ladder_initial_latents(spec, dims, seed: int):  # fluxperf.ladder_run.initial_latents
+def _old_ladder_initial_latents(spec, dims, seed: int):  # fluxperf.measure.ladder_run.initial_latents
     h, w = spec.latent_hw
     g = torch.Generator("cpu").manual_seed(seed)
     return torch.randn((spec.batch, h * w, dims.in_channels), generator=g, dtype=torch.float32)
 
 
-def _old_numerics_embeds(spec, dims):  # fluxperf.numerics.fixed_inputs (PROMPT_SEED 1234)
+def _old_numerics_embeds(spec, dims):  # fluxperf.measure.numerics.fixed_inputs (PROMPT_SEED 1234)
     g = torch.Generator("cpu").manual_seed(1234)
     embeds = torch.randn((spec.batch, spec.text_tokens, dims.joint_attention_dim), generator=g)
     pooled = torch.randn((spec.batch, dims.pooled_projection_dim), generator=g)
@@ -92,7 +92,7 @@ def test_stand_in_prompt_embeds_pinned_values():
 
 
 def test_numerics_fixed_inputs_use_the_shared_helpers(tiny_schnell):
-    from fluxperf.numerics import NOISE_SEED, PROMPT_SEED, fixed_inputs
+    from fluxperf.measure.numerics import NOISE_SEED, PROMPT_SEED, fixed_inputs
 
     inputs = fixed_inputs(tiny_schnell, ("schnell", 64, 64))
     dims = dims_of_pipeline(tiny_schnell)
@@ -185,12 +185,12 @@ def test_a_failing_measurement_drops_every_reference_to_the_pipeline(free_calls)
 
 
 def test_a_failing_build_still_frees(monkeypatch, free_calls):
-    import fluxperf.models
+    import fluxperf.model.build
 
     def broken(*args, **kwargs):
         raise OSError("no such checkpoint")
 
-    monkeypatch.setattr(fluxperf.models, "build_pipeline", broken)
+    monkeypatch.setattr(fluxperf.model.build, "build_pipeline", broken)
     with pytest.raises(OSError, match="no such checkpoint"):
         with runner.prepared("schnell", "tiny", None, device="cpu"):
             pytest.fail("unreachable")

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluxperf.model_configs import model_dims
-from fluxperf.shapes import ShapeSpec, image_ids, transformer_inputs, vae_latents
+from fluxperf.model.configs import model_dims
+from fluxperf.model.shapes import ShapeSpec, image_ids, transformer_inputs, vae_latents
 
 
 @pytest.mark.parametrize("variant, h, w, img, txt", [
@@ -81,7 +81,7 @@ def test_kontext_pipeline_sees_the_conditioning_tokens_the_spec_predicts():
     import numpy as np
     from PIL import Image
 
-    from fluxperf.models import build_pipeline
+    from fluxperf.model.build import build_pipeline
 
     pipe = build_pipeline("kontext", "tiny", text_encoders=False, dtype="float32")
     pipe.set_progress_bar_config(disable=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fluxperf import thresholds as th
 from fluxperf.cli import main
 from fluxperf.errors import BaselineError
+from fluxperf.measure import thresholds as th
 
 ROOT = Path(__file__).resolve().parents[1] / "baselines"
 H100 = "NVIDIA H100 80GB HBM3"

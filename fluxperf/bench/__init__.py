@@ -24,7 +24,7 @@ Exit statuses (pytest's own 1-5 keep their meaning and come first; these replace
 
 from __future__ import annotations
 
-from .judge import EXIT_STATUS
+from fluxperf.bench.judge import EXIT_STATUS
 
 EXIT_PASS = EXIT_STATUS["pass"]
 EXIT_REGRESSION = EXIT_STATUS["regression"]

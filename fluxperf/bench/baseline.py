@@ -20,8 +20,8 @@ import platform
 import re
 from pathlib import Path
 
-from ..errors import BaselineError
-from . import validate
+from fluxperf.bench import validate
+from fluxperf.errors import BaselineError
 
 FORMAT = validate.FORMAT
 BASELINE_NAME = "0001_baseline.json"  # pytest-benchmark's compare glob is NNNN_*.json
@@ -45,14 +45,14 @@ def create_command(group: str | None = None) -> str:
 
 def detect_gpu():
     """The GPU this process measures (fluxperf.env.gpu_identity: CUDA device, NVML by UUID), or None."""
-    from ..env import gpu_identity
+    from fluxperf.env import gpu_identity
 
     return gpu_identity()
 
 
 def machine_fingerprint(identity=None) -> dict:
     """GPU (name, UUID, capability, driver, CUDA, slug) and software versions, for machine_info["fluxperf"]."""
-    from ..env import GPU_NAME_ENV, driver_version, gpu_info, versions
+    from fluxperf.env import GPU_NAME_ENV, driver_version, gpu_info, versions
 
     identity = identity if identity is not None else detect_gpu()
     if identity is None:

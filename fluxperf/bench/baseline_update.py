@@ -23,10 +23,8 @@ import json
 import statistics
 from pathlib import Path
 
-from ..errors import BaselineError
-from ..io import atomic_write_text, locked, stale_temp_files
-from . import stats, validate
-from .baseline import (
+from fluxperf.bench import stats, validate
+from fluxperf.bench.baseline import (
     BASELINE_NAME,
     FORMAT,
     baseline_path,
@@ -37,6 +35,8 @@ from .baseline import (
     run_slug,
     safe_name,
 )
+from fluxperf.errors import BaselineError
+from fluxperf.io import atomic_write_text, locked, stale_temp_files
 
 COMPILE_FLOOR, COMPILE_CAP = 0.20, 0.60  # compile seconds are single samples with large run-to-run spread
 # A baseline record needs enough rounds that a comparison against it can ever reach the significance level:
@@ -130,7 +130,7 @@ def derive_thresholds(benches: list[dict]) -> dict:
 
 
 def provenance(command: str, sources: list[str], run: dict) -> dict:
-    from ..env import git_commit
+    from fluxperf.env import git_commit
 
     fp = (run.get("machine_info") or {}).get("fluxperf") or {}
     return {"git_commit": git_commit(), "run_commit": (run.get("commit_info") or {}).get("id"), "date": _now(),
@@ -147,7 +147,7 @@ def write_baseline(baseline: dict, path: str | Path, kernel_tables: dict | None 
     tables no longer referenced. The caller holds the directory's lock. Returns the paths written."""
     import pandas as pd
 
-    from .kernels import save_kernel_table
+    from fluxperf.bench.kernels import save_kernel_table
 
     path = Path(path)
     refs = baseline["fluxperf"].setdefault("kernel_tables", {})

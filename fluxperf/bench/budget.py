@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from .flops import StepFlops
+from fluxperf.bench.flops import StepFlops
 
 GEMM, ATTENTION, QUANTIZE = "gemm", "attention", "quantize (amax/cast)"
 FUSED, EAGER, COPY, OTHER, GAPS = ("fused elementwise/norm (triton)", "elementwise/norm (aten)", "copy/memset",

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from . import calibration as cal
-from . import stats
+from fluxperf.bench import calibration as cal
+from fluxperf.bench import stats
 
 # Machines within 5% on the calibration kernels count as "the same speed" and are compared raw: on one H100 the
 # calibration GEMMs alone vary by several percent between runs (see calibration.MAX_DRIFT), so normalizing by

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from ..env import gpu_slug
-from .monitor import Sample
+from fluxperf.bench.monitor import Sample
+from fluxperf.env import gpu_slug
 
 H100 = "NVIDIA H100 80GB HBM3"
 

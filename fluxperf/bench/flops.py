@@ -13,7 +13,7 @@ At 1024x1024 with 512 text tokens (S = 4608): linear 59.5 + attention 14.9 = ~74
 schnell's 256 text tokens (S = 4352): ~69.5 TFLOP.
 
 Example:
-    >>> from fluxperf.shapes import ShapeSpec
+    >>> from fluxperf.model.shapes import ShapeSpec
     >>> round(step_flops(ShapeSpec("dev", 1024, 1024)).total / 1e12, 1)
     74.4
 """
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..model_configs import transformer_config
-from ..shapes import ShapeSpec
+from fluxperf.model.configs import transformer_config
+from fluxperf.model.shapes import ShapeSpec
 
 MLP_RATIO = 4  # FLUX's feed-forward width is 4 * D
 

@@ -21,9 +21,9 @@ import contextlib
 import statistics
 import time
 
-from . import calibration as cal
-from .monitor import GpuMonitor
-from .stats import iqr
+from fluxperf.bench import calibration as cal
+from fluxperf.bench.monitor import GpuMonitor
+from fluxperf.bench.stats import iqr
 
 
 def cuda_event_clock():
@@ -99,7 +99,7 @@ def count_cuda_kernels(fn) -> int:
 
 def kernel_table_records(fn) -> list[dict]:
     """The kernel table of one call of `fn` (fluxperf.bench.kernels.profile_kernel_table) as records."""
-    from .kernels import profile_kernel_table
+    from fluxperf.bench.kernels import profile_kernel_table
 
     return profile_kernel_table(fn, warmup=1, iters=2).to_dict(orient="records")
 
@@ -108,7 +108,7 @@ def measure(fn, *, rounds: int, warmup_rounds: int, benchmark=None) -> dict:
     """Calibrate, time (pedantic when `benchmark` is given, else time_fn) under the monitor, calibrate again."""
     import torch
 
-    from ..timing import time_fn
+    from fluxperf.measure.timing import time_fn
 
     before = cal.run_calibration()
     torch.cuda.reset_peak_memory_stats()
@@ -153,7 +153,7 @@ class Bench:
                 a block cache whose cached-step count moves by one; its cached_steps proxy covers that).
             extra_proxies: more deterministic proxies to store and compare (e.g. {"cached_steps": 6}).
         """
-        from .pytest_plugin import state_of
+        from fluxperf.bench.pytest_plugin import state_of
 
         state = state_of(self.request.config)
         dyn0 = dynamo_counts()
@@ -181,7 +181,7 @@ class Bench:
         return extra
 
     def _metrics(self, m, median_s, flops, first_call_s, setup_s, warm_compile) -> dict:
-        from .flops import mfu, tflops
+        from fluxperf.bench.flops import mfu, tflops
 
         out = {}
         if flops:
@@ -196,7 +196,7 @@ class Bench:
 
     def _compare(self, current: dict, fn, rounds: int, warmup_rounds: int):
         """Judge against the baseline (if any); a suspected regression is re-measured once (time_fn, CUDA events)."""
-        from .pytest_plugin import judge
+        from fluxperf.bench.pytest_plugin import judge
 
         def remeasure() -> dict:
             again = measure(fn, rounds=rounds, warmup_rounds=warmup_rounds)

@@ -123,7 +123,7 @@ def compare_one(current: dict, baseline: dict, *, current_fp: dict | None = None
             regression or an invalid measurement, and the second comparison decides (the first is kept in
             current["extra_info"]["remeasure"]).
     """
-    from .compare import compare_records
+    from fluxperf.bench.compare import compare_records
 
     name = current["fullname"]
     ref = next((b for b in baseline.get("benchmarks", []) if b["fullname"] == name), None)

@@ -20,8 +20,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import UnavailableError
-from ..io import atomic_write_text as atomic_write
+from fluxperf.errors import UnavailableError
+from fluxperf.io import atomic_write_text as atomic_write
 
 COLUMNS = ("name", "count", "cuda_time_us")
 DIFF_COLUMNS = ("name", "change", "baseline_count", "current_count", "baseline_us", "current_us", "delta_us",

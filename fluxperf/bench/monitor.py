@@ -132,9 +132,9 @@ class NvmlReader:
     """
 
     def __init__(self, identity=None):
-        from ..env import gpu_identity, nvml_handle
-        from ..errors import UnavailableError
-        from ..optional import require
+        from fluxperf.env import gpu_identity, nvml_handle
+        from fluxperf.errors import UnavailableError
+        from fluxperf.optional import require
 
         self.nvml = require("pynvml")
         self.identity = identity if identity is not None else gpu_identity()
@@ -230,7 +230,7 @@ class GpuMonitor:
 
 
 def _default_reader(monitor: GpuMonitor):
-    from ..errors import UnavailableError
+    from fluxperf.errors import UnavailableError
 
     try:
         return NvmlReader()

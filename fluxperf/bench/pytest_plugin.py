@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .judge import ALLOW_MISSING_FLAG, EXIT_STATUS, NOT_MEASURED, Verdict
+from fluxperf.bench.judge import ALLOW_MISSING_FLAG, EXIT_STATUS, NOT_MEASURED, Verdict
 
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default --benchmark-storage
 EXIT_REPORT_ERROR = 15  # the verdict passed but --fluxperf-report could not be written
@@ -80,7 +80,7 @@ class FluxperfState:
 
     def current_fingerprint(self) -> dict:
         if self._fingerprint is None:
-            from .baseline import machine_fingerprint
+            from fluxperf.bench.baseline import machine_fingerprint
 
             self._fingerprint = machine_fingerprint(self.gpu)
         return self._fingerprint
@@ -100,7 +100,7 @@ def judge(config, current: dict, *, remeasure=None):
         remeasure: optional callable returning a fresh record (same shape); called once when the first verdict
             is a regression or an invalid (throttled) measurement, and the second verdict decides.
     """
-    from .judge import compare_one
+    from fluxperf.bench.judge import compare_one
 
     state = state_of(config)
     if state.baseline is None:
@@ -140,7 +140,7 @@ def pytest_configure(config):
     state.allow_missing_baseline = bool(config.getoption("allow_missing_baseline"))
     if not _benchmarks_requested(config):
         return
-    from .baseline import detect_gpu
+    from fluxperf.bench.baseline import detect_gpu
 
     state.active = True
     opt = config.option
@@ -159,8 +159,8 @@ def _benchmarks_requested(config) -> bool:
 
 
 def _configure_storage(config, state: FluxperfState) -> None:
-    from ..errors import BaselineError
-    from .baseline import CREATE_COMMAND, ROOT_ENV, baseline_path, load_baseline
+    from fluxperf.bench.baseline import CREATE_COMMAND, ROOT_ENV, baseline_path, load_baseline
+    from fluxperf.errors import BaselineError
 
     opt = config.option
     state.root = Path(config.getoption("fluxperf_baselines") or os.environ.get(ROOT_ENV)
@@ -303,8 +303,8 @@ def _verdict(state: FluxperfState) -> Verdict:
 
 
 def _write_reports(config, state: FluxperfState) -> dict:
-    from .baseline import benchmarks_by_name
-    from .report import build_table, write_reports
+    from fluxperf.bench.baseline import benchmarks_by_name
+    from fluxperf.bench.report import build_table, write_reports
 
     bs = getattr(config, "_benchmarksession", None)
     current = [b.as_dict(include_data=True) for b in (bs.benchmarks if bs else []) if b and not b.has_error]

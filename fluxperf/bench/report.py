@@ -16,8 +16,8 @@ import io
 import statistics
 from pathlib import Path
 
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .stats import iqr
+from fluxperf.bench.stats import iqr
+from fluxperf.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 COLUMNS = ("benchmark", "param", "baseline_ms", "current_ms", "change_pct", "threshold_pct", "iqr_ms", "rounds",
            "decided_by", "outcome", "tflops", "mfu", "compile_cold_s", "compile_warm_s", "peak_mem_gib",

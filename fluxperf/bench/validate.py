@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import math
 
-from ..errors import BaselineError
-from . import calibration as cal
-from . import stats
-from .kernels import COLUMNS as KERNEL_COLUMNS
+from fluxperf.bench import calibration as cal
+from fluxperf.bench import stats
+from fluxperf.bench.kernels import COLUMNS as KERNEL_COLUMNS
+from fluxperf.errors import BaselineError
 
 FORMAT = 1
 TIME_MIN = 0.001
@@ -153,7 +153,7 @@ def invalid_measurement(bench: dict) -> str | None:
 
 
 # -- thresholds and whole files ------------------------------------------------------------------------------
-def check_thresholds(thresholds, source, key: str = "fluxperf.thresholds", *, fix: str = DEFAULT_FIX) -> dict:
+def check_thresholds(thresholds, source, key: str = "fluxperf.measure.thresholds", *, fix: str = DEFAULT_FIX) -> dict:
     for name, th in mapping(thresholds, source, key, fix=fix).items():
         k = f"{key}[{name}]"
         mapping(th, source, k, fix=fix)
@@ -171,7 +171,7 @@ def check_thresholds(thresholds, source, key: str = "fluxperf.thresholds", *, fi
 
 def check_machine_info(machine_info, source, slug: str | None, *, fix: str = DEFAULT_FIX) -> None:
     """machine_info.fluxperf names the same GPU as `slug` (a relabelled file is refused)."""
-    from ..env import gpu_slug
+    from fluxperf.env import gpu_slug
 
     fp = mapping(mapping(machine_info, source, "machine_info", fix=fix).get("fluxperf"), source,
                  "machine_info.fluxperf", fix=fix)
@@ -216,7 +216,7 @@ def check_baseline(data, source) -> dict:
             raise fail(source, f"fluxperf.kernel_tables[{name}]", rel, "is not a kernels/*.csv path inside the folder")
     unknown = sorted((set(thresholds) | set(tables)) - set(names))
     if unknown:
-        raise fail(source, "fluxperf.thresholds/kernel_tables", unknown, "name benchmarks the file does not hold")
+        raise fail(source, "fluxperf.measure.thresholds/kernel_tables", unknown, "name benchmarks the file does not hold")
     for b in benches:
         why = invalid_measurement(b)
         if why:

@@ -63,7 +63,7 @@ def cmd_numerics(args) -> int:
     from fluxperf.bench.baseline import default_root, read_json
     from fluxperf.env import git_commit, gpu_slug
     from fluxperf.errors import BaselineError
-    from fluxperf.thresholds import MEASURED_FIX, check_measured, derive, path_for, save, worst_of
+    from fluxperf.measure.thresholds import MEASURED_FIX, check_measured, derive, path_for, save, worst_of
 
     if args.family and not re.fullmatch(r"sm\d{2,3}", args.family):
         print(f"error: --family {args.family!r}: must be sm<major><minor>, e.g. sm90", file=sys.stderr)

@@ -16,7 +16,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from ..recipe_checks import Check, field_checks, value_problem
+from fluxperf.recipe_checks import Check, field_checks, value_problem
 
 Problem = Callable[[Any], "str | None"]
 

@@ -6,7 +6,7 @@
     fluxperf baseline check RUN.json [--report DIR]      the judge on a stored run; exit 0/10/11/12/13/14
     fluxperf baseline numerics MEASURED.json --gpu SLUG|--family sm90 [...]   derive numerics.json thresholds
 
-Only argument parsing and printing live here; the logic is in fluxperf.bench and fluxperf.thresholds.
+Only argument parsing and printing live here; the logic is in fluxperf.bench and fluxperf.measure.thresholds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from ._numerics import register_numerics
+from fluxperf.cli._numerics import register_numerics
 
 
 def register(subparsers) -> None:

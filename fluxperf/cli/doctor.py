@@ -3,7 +3,7 @@
 One line per item: torch/CUDA, the GPU identity, the FA3 build, torchao, cache-dit, NVML, and the AOTInductor
 libstdc++ check: a tiny CPU package is built (in a child process: about 20 s, cached by Inductor afterwards),
 its `wrapper.so` inspected without loading it, and the verdict combined with this process's libstdc++ state
-(fluxperf.aoti_loader): would a package need the system libstdc++ preloaded, and is it? `--json` prints the
+(fluxperf.steps.export.loader): would a package need the system libstdc++ preloaded, and is it? `--json` prints the
 same facts as JSON. Exit status 1 only for a real problem (torch unusable, a tiny package cannot be built, or
 packages would crash this environment); a missing optional package is reported, not a failure.
 
@@ -87,7 +87,7 @@ def torch_item() -> Item:
 
 
 def gpu_item() -> Item:
-    from .. import env
+    from fluxperf import env
 
     identity_fn = getattr(env, "gpu_identity", None)  # UUID-based identity where env provides it
     if identity_fn is not None:
@@ -102,7 +102,7 @@ def gpu_item() -> Item:
 
 
 def fa3_item() -> Item:
-    from ..env import fa3_build
+    from fluxperf.env import fa3_build
 
     build = fa3_build()
     if build is None:
@@ -113,8 +113,8 @@ def fa3_item() -> Item:
 
 def package_item(dist: str, key: str) -> Item:
     """An optional package: `dist` its distribution name, `key` its fluxperf.optional.PACKAGES key."""
-    from ..env import dist_version
-    from ..optional import find_module
+    from fluxperf.env import dist_version
+    from fluxperf.optional import find_module
 
     version, found = dist_version(dist), find_module(key)
     if not found:
@@ -123,7 +123,7 @@ def package_item(dist: str, key: str) -> Item:
 
 
 def nvml_item() -> Item:
-    from ..optional import find_module
+    from fluxperf.optional import find_module
 
     if not find_module("pynvml"):
         return Item("nvml", MISSING, "nvidia-ml-py not installed: no clock/temperature/throttle monitoring "
@@ -141,7 +141,7 @@ def nvml_item() -> Item:
 
 def aoti_item(timeout_s: float = AOTI_BUILD_TIMEOUT_S) -> Item:
     """Build a tiny CPU package in a child, inspect its wrapper, combine with this process's libstdc++ state."""
-    from .. import aoti_loader as al
+    from fluxperf.steps.export import loader as al
 
     state, lib = al.process_state(), al.system_libstdcxx()
     facts = {"process": asdict(state), "system_libstdcxx": lib}

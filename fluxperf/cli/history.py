@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._nightly_common import (
+from fluxperf.cli._nightly_common import (
     EXIT_CORRUPT_HISTORY,
     EXIT_NOTHING_TO_JUDGE,
     changepoint_args,

@@ -1,6 +1,6 @@
 """`fluxperf ladder`: run the ablation ladder on the synthetic pipeline (or a real checkpoint).
 
-Every option is checked by its argparse type (the rules of `fluxperf.ladder_run.LadderOptions`' fields, see
+Every option is checked by its argparse type (the rules of `fluxperf.measure.ladder_run.LadderOptions`' fields, see
 fluxperf.cli._types) and the output directory is proven writable before any model is built: a bad value exits 2
 with one line naming the option, the value, the rule and the fix.
 """
@@ -12,10 +12,10 @@ import sys
 
 
 def register(subparsers) -> None:
-    from ..ladder import rung_names
-    from ..ladder_run import LadderOptions, device_problem
-    from ..model_configs import SIZES, VARIANTS
-    from ._types import comma_list, option_type
+    from fluxperf.cli._types import comma_list, option_type
+    from fluxperf.ladder import rung_names
+    from fluxperf.measure.ladder_run import LadderOptions, device_problem
+    from fluxperf.model.configs import SIZES, VARIANTS
 
     def opt(name, parse=str, **kw):
         return option_type(LadderOptions, name, parse, **kw)
@@ -46,8 +46,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..ladder_report import check_out_dir, markdown, table, write_outputs
-    from ..ladder_run import LadderOptions, OptionError, run_ladder
+    from fluxperf.measure.ladder_report import check_out_dir, markdown, table, write_outputs
+    from fluxperf.measure.ladder_run import LadderOptions, OptionError, run_ladder
 
     try:
         opts = LadderOptions(variant=args.variant, size=args.size, device=args.device, height=args.height,

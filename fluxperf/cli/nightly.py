@@ -6,7 +6,7 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from ._nightly_common import (
+from fluxperf.cli._nightly_common import (
     EXIT_CORRUPT_HISTORY,
     EXIT_INSTALL_IMPOSSIBLE,
     changepoint_args,

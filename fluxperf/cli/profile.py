@@ -11,10 +11,10 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from ..ladder import rung_names
-    from ..ladder_run import LadderOptions, device_problem
-    from ..model_configs import SIZES, VARIANTS
-    from ._types import option_type, value_type
+    from fluxperf.cli._types import option_type, value_type
+    from fluxperf.ladder import rung_names
+    from fluxperf.measure.ladder_run import LadderOptions, device_problem
+    from fluxperf.model.configs import SIZES, VARIANTS
 
     positive = {"accepted": (float,), "lo": 0, "open_lo": True}
     p = subparsers.add_parser("profile", help="per-category time budget of one transformer step",
@@ -48,14 +48,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..bench.budget import time_budget, to_markdown
-    from ..bench.flops import step_flops
-    from ..bench.kernels import load_kernel_table
-    from ..errors import FluxperfError
+    from fluxperf.bench.budget import time_budget, to_markdown
+    from fluxperf.bench.flops import step_flops
+    from fluxperf.bench.kernels import load_kernel_table
+    from fluxperf.errors import FluxperfError
 
     try:
         if args.out:  # before minutes of profiling, not after
-            from ..ladder_report import check_out_dir
+            from fluxperf.measure.ladder_report import check_out_dir
 
             check_out_dir(args.out, option="--out")
         if args.table:
@@ -78,20 +78,20 @@ def run(args) -> int:
 
 
 def _spec(args, size: str):
-    from ..shapes import ShapeSpec
+    from fluxperf.model.shapes import ShapeSpec
 
     side = 1024 if size == "full" else 64
     return ShapeSpec(args.variant, args.height or side, args.width or args.height or side)
 
 
 def _profile_rung(args):
-    """Build, apply, time and profile one step of the rung (fluxperf.runner.prepared: freed afterwards);
+    """Build, apply, time and profile one step of the rung (fluxperf.measure.runner.prepared: freed afterwards);
     returns (table, step median ms, size, spec)."""
     import torch
 
-    from ..ladder import recipe_from
-    from ..model_configs import VARIANT_DEFAULTS
-    from ..runner import prepared
+    from fluxperf.ladder import recipe_from
+    from fluxperf.measure.runner import prepared
+    from fluxperf.model.configs import VARIANT_DEFAULTS
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     size = args.size or ("full" if device.startswith("cuda") else "tiny")
@@ -106,10 +106,10 @@ def _profile_step(pipe, spec, device: str, rounds: int):
     """(kernel table of one transformer step, its median ms on CUDA / None on CPU)."""
     import torch
 
-    from ..bench.kernels import profile_kernel_table
-    from ..model_configs import dims_of_pipeline
-    from ..shapes import transformer_inputs
-    from ..timing import time_fn
+    from fluxperf.bench.kernels import profile_kernel_table
+    from fluxperf.measure.timing import time_fn
+    from fluxperf.model.configs import dims_of_pipeline
+    from fluxperf.model.shapes import transformer_inputs
 
     inputs = transformer_inputs(spec, dims_of_pipeline(pipe), device=device, dtype=pipe.transformer.dtype)
 
@@ -124,7 +124,7 @@ def _profile_step(pipe, spec, device: str, rounds: int):
 
 
 def _write(out: Path, table, budget, text: str) -> None:
-    from ..io import atomic_write_text
+    from fluxperf.io import atomic_write_text
 
     atomic_write_text(out / "kernels.csv", table.to_csv(index=False))
     atomic_write_text(out / "budget.csv", budget.to_csv(index=False))

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..bench.stats import FLOOR, INCONCLUSIVE, REGRESSION, decide
-from .install import InstallError
+from fluxperf.bench.stats import FLOOR, INCONCLUSIVE, REGRESSION, decide
+from fluxperf.nightly.install import InstallError
 
 
 @dataclass(frozen=True)

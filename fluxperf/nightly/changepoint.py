@@ -121,7 +121,7 @@ def detect_changes(entries, *, names: Sequence[str] | None = None, **kwargs) -> 
         names: benchmarks to analyse (default: all).
         **kwargs: passed to e_divisive (alpha, permutations, min_size, min_rel_change, seed).
     """
-    from .history import benchmarks, nightly_series
+    from fluxperf.nightly.history import benchmarks, nightly_series
 
     entries = list(entries)
     out = {}

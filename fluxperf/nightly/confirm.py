@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..bench.stats import REGRESSION
+from fluxperf.bench.stats import REGRESSION
 
 EXIT_OK, EXIT_CONFIRMED, EXIT_PENDING, EXIT_UNJUDGED = 0, 1, 3, 4
 

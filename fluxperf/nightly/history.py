@@ -21,8 +21,8 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..bench.stats import INCONCLUSIVE, PASS, REGRESSION, iqr
-from ..io import atomic_write_bytes, locked
+from fluxperf.bench.stats import INCONCLUSIVE, PASS, REGRESSION, iqr
+from fluxperf.io import atomic_write_bytes, locked
 
 SCHEMA = 1
 MAX_SAMPLES = 1000  # per entry; enough for any Mann-Whitney re-test, bounded file growth
@@ -180,7 +180,7 @@ def _verdict(bench: dict, baseline: dict | None, current_fp: dict) -> dict:
         return {"verdict": tier["outcome"], "ratio": cur / base if base and cur else None,
                 "reason": f"perf tier: {tier['outcome']} (decided by {tier.get('decided_by', '?')} timings)",
                 "baseline_median_ms": base}
-    from ..bench.judge import compare_one
+    from fluxperf.bench.judge import compare_one
 
     comparison = compare_one(bench, baseline, current_fp=current_fp) if baseline else None
     if comparison is None:
@@ -197,7 +197,7 @@ def _gpu_slug(machine: dict) -> str:
 
 
 def _installed_versions() -> dict:
-    from ..env import dist_version
+    from fluxperf.env import dist_version
 
     return {name: dist_version(name) for name in ("torch", "torchao", "triton", "diffusers")}
 

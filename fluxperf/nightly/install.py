@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import FluxperfError
+from fluxperf.errors import FluxperfError
 
 DEFAULT_INDEX = "https://download.pytorch.org/whl/nightly/cu130"
 _DEV_DATE = re.compile(r"\.dev(\d{8})")

@@ -10,8 +10,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .changepoint import ChangePoint
-from .confirm import Confirmation
+from fluxperf.nightly.changepoint import ChangePoint
+from fluxperf.nightly.confirm import Confirmation
 
 # pytest's exit statuses, then the one judge's (fluxperf.bench.judge.EXIT_STATUS).
 _TIER_MEANING = {None: "not run", 0: "passed", 1: "tests failed", 2: "interrupted", 3: "internal error",

@@ -18,9 +18,9 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-from ..bench.fakes import H100, fake_run
-from ..bench.fakes import noisy as fakes_noisy
-from ..io import atomic_write_text as atomic_write
+from fluxperf.bench.fakes import H100, fake_run
+from fluxperf.bench.fakes import noisy as fakes_noisy
+from fluxperf.io import atomic_write_text as atomic_write
 
 
 def benchmark_doc(samples_ms: dict[str, Sequence[float]], *, verdicts: dict[str, str] | None = None,

@@ -14,10 +14,10 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..bench.kernels import kernel_table_path
-from ..io import atomic_write_bytes
-from .changepoint import ChangePoint
-from .history import benchmarks, nightly_series
+from fluxperf.bench.kernels import kernel_table_path
+from fluxperf.io import atomic_write_bytes
+from fluxperf.nightly.changepoint import ChangePoint
+from fluxperf.nightly.history import benchmarks, nightly_series
 
 
 def plot_trends(entries: Iterable[dict], out_dir: str | os.PathLike, *, names: Sequence[str] | None = None,

@@ -50,7 +50,7 @@ def thresholds(gpu_identity, record_testsuite_property):
     """This GPU's numerics thresholds, or its architecture family's (baselines/sm90/...); the file used and why
     are printed and stored as JUnit properties."""
     from fluxperf.errors import BaselineError
-    from fluxperf.thresholds import lookup
+    from fluxperf.measure.thresholds import lookup
 
     try:
         found = lookup(SLUG_ROOT, gpu_identity.name, gpu_identity.family)
@@ -65,7 +65,7 @@ def thresholds(gpu_identity, record_testsuite_property):
 @pytest.fixture(scope="session")
 def reference(gpu_slug):
     """bf16 eager outputs on fixed inputs (kept on the GPU; small): forward, VAE decode, image."""
-    from fluxperf.runner import prepared
+    from fluxperf.measure.runner import prepared
 
     with prepared("schnell", "full", None, device="cuda", dtype="bfloat16") as run:  # freed afterwards
         return _reference_outputs(run.pipe)
@@ -74,7 +74,7 @@ def reference(gpu_slug):
 def _reference_outputs(pipe) -> dict:
     import torch
 
-    from fluxperf.numerics import fixed_inputs, image_of
+    from fluxperf.measure.numerics import fixed_inputs, image_of
 
     inputs = fixed_inputs(pipe, SPEC_ARGS)
     with torch.inference_mode():

@@ -12,7 +12,7 @@ kernel result indexed with a blind `[0]` at batch 2 fails the shape or the eleme
 import pytest
 import torch
 
-from fluxperf.attention import fp8, registry
+from fluxperf.steps.attention import fp8, registry
 
 CUDA = torch.cuda.is_available()
 HIP = CUDA and torch.version.hip is not None
@@ -51,7 +51,7 @@ needs_fa3 = pytest.mark.skipif(CUDA and _fa3_reason() is not None,
 def _ops_registered():
     """The ops register lazily; tests that call torch.ops.fluxperf.* directly must not depend on test order
     (run alone, this file failed its opcheck tests with "'fluxperf' object has no attribute 'fa3_fp8'")."""
-    from fluxperf.attention import register_ops
+    from fluxperf.steps.attention import register_ops
 
     register_ops()
 
@@ -73,7 +73,7 @@ def _qkv(b, s, seed=0):
 def _sdpa_fp32(q, k, v):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from fluxperf.attention.ops import sdpa_bshd
+    from fluxperf.steps.attention.ops import sdpa_bshd
 
     with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
         return sdpa_bshd(q.float(), k.float(), v.float())
@@ -108,8 +108,8 @@ def test_registry_says_everything_nvidia_runs_here():
 @pytest.mark.fa3
 def test_installed_fa3_build_signature_is_understood():
     """The installed build's flash_attn_func is inspected (FA3 API drift): every mode fluxperf uses can be called."""
-    from fluxperf.attention import ops
-    from fluxperf.attention.fa3_api import Fa3Api
+    from fluxperf.steps.attention import ops
+    from fluxperf.steps.attention.fa3_api import Fa3Api
 
     api = Fa3Api.of(ops.fa3_module())
     assert api.reason(scaled=False) is None and api.reason(scaled=True) is None, api
@@ -178,9 +178,9 @@ def test_scaled_vs_unscaled_fp8():
 def _small_flux(device):
     from diffusers import FluxTransformer2DModel
 
-    from fluxperf.model_configs import ModelDims
-    from fluxperf.models import seeded_init_
-    from fluxperf.shapes import ShapeSpec, transformer_inputs
+    from fluxperf.model.build import seeded_init_
+    from fluxperf.model.configs import ModelDims
+    from fluxperf.model.shapes import ShapeSpec, transformer_inputs
 
     cfg = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=D,
                num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=False,
@@ -204,8 +204,8 @@ def _small_flux(device):
     ("flash", "unscaled", MODEL_BF16_REL_ERR_MAX), ("sdpa", "unscaled", 0.0),
 ])
 def test_processor_on_gpu(backend, scaling, ceiling, fused):
-    from fluxperf.attention import apply_attention, reset_attention
     from fluxperf.recipe import AttentionConfig
+    from fluxperf.steps.attention import apply_attention, reset_attention
 
     model, inputs = _small_flux("cuda")
     if fused:

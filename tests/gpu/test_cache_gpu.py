@@ -59,7 +59,7 @@ def pipes():
     """dev built full-size on the GPU; Kontext shares its components (same architecture and weights)."""
     from PIL import Image
 
-    from fluxperf.models import build_pipeline, pipeline_class
+    from fluxperf.model.build import build_pipeline, pipeline_class
 
     dev = build_pipeline("dev", "full", device="cuda", dtype="bfloat16", text_encoders=False)
     kontext = pipeline_class("kontext")(**dev.components)
@@ -80,8 +80,12 @@ def pipes():
 
 
 def _sweep(pipes, variant, kind, thresholds):
-    from fluxperf.cache import apply_cache_dit, cache_dit_stats, disable_cache_dit
-    from fluxperf.fbcache import apply_first_block_cache, disable_first_block_cache, first_block_cache_stats
+    from fluxperf.steps.caching.cache_dit import apply_cache_dit, cache_dit_stats, disable_cache_dit
+    from fluxperf.steps.caching.first_block import (
+        apply_first_block_cache,
+        disable_first_block_cache,
+        first_block_cache_stats,
+    )
 
     pipe_of, run, refs = pipes
     pipe, rows = pipe_of[variant], []
@@ -133,9 +137,13 @@ def test_first_block_cache_threshold_sweep(pipes, variant):
 def test_regional_compile_on_top_of_the_cache(pipes, kind):
     """The compile answer on CUDA/Inductor: cache-dit + compile_repeated_blocks(fullgraph=True), FBC + fullgraph=False.
     Same cached steps as eager; the image stays close to the eager cached image (compiled bf16 rounds differently)."""
-    from fluxperf.cache import COMPILE_HINT, apply_cache_dit, cache_dit_stats, disable_cache_dit
-    from fluxperf.fbcache import COMPILE_HINT as FBC_HINT
-    from fluxperf.fbcache import apply_first_block_cache, disable_first_block_cache, first_block_cache_stats
+    from fluxperf.steps.caching.cache_dit import COMPILE_HINT, apply_cache_dit, cache_dit_stats, disable_cache_dit
+    from fluxperf.steps.caching.first_block import COMPILE_HINT as FBC_HINT
+    from fluxperf.steps.caching.first_block import (
+        apply_first_block_cache,
+        disable_first_block_cache,
+        first_block_cache_stats,
+    )
 
     pipe_of, run, _ = pipes
     pipe = pipe_of["dev"]

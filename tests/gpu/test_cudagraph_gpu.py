@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fluxperf.cudagraph import CudaGraphBackend, CudaGraphRunner
+from fluxperf.steps.export.cudagraph import CudaGraphBackend, CudaGraphRunner
 
 pytestmark = [
     pytest.mark.gpu,

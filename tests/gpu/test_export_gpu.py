@@ -5,7 +5,7 @@ update or a CUDA-graph capture), it takes the whole interpreter with it. So ever
 stage of scripts/diag_export.py in a fresh `python -X faulthandler` process; a crash fails that one test with the
 signal, the last step reached and the stage's output, and the rest of the tier keeps running.
 
-Stages run with the system libstdc++ preloaded (diag_export.stage_env_vars -> fluxperf.aoti_loader.preload_env),
+Stages run with the system libstdc++ preloaded (diag_export.stage_env_vars -> fluxperf.steps.export.loader.preload_env),
 as scripts/device-env.sh does for the whole tier; one test runs a stage without it and requires a clear refusal
 or a working load, never a crash.
 

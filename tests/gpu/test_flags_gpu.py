@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from fluxperf.compile import compile_transformer, inductor_config_snapshot
 from fluxperf.ladder import rung
 from fluxperf.recipe import CompileConfig
+from fluxperf.steps.compile import compile_transformer, inductor_config_snapshot
 
 pytestmark = [pytest.mark.gpu, pytest.mark.numerics]
 
@@ -27,9 +27,9 @@ class _ConfigProbe:
 def test_flags_engage_and_are_restored_on_cuda():
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
-    from fluxperf.model_configs import dims_of_pipeline
-    from fluxperf.models import build_pipeline
-    from fluxperf.shapes import ShapeSpec, transformer_inputs
+    from fluxperf.model.build import build_pipeline
+    from fluxperf.model.configs import dims_of_pipeline
+    from fluxperf.model.shapes import ShapeSpec, transformer_inputs
 
     pipe = build_pipeline("schnell", "tiny", device="cuda", dtype="bfloat16", text_encoders=False)
     x = transformer_inputs(ShapeSpec("schnell", 256, 256, text_len=64), dims_of_pipeline(pipe), device="cuda")

@@ -2,7 +2,7 @@
 
 Per rung (full-size synthetic schnell, 1024x1024, 4 steps): one transformer forward and one VAE decode
 (relative error, the precise signal), the image (PSNR/SSIM/max abs error vs the reference image), and guards
-that the optimization really happened. Thresholds: baselines/<gpu>/numerics.json (fluxperf.thresholds).
+that the optimization really happened. Thresholds: baselines/<gpu>/numerics.json (fluxperf.measure.thresholds).
 Set FLUXPERF_NUMERICS_RECORD=1 to also write the measured values to $OUT/numerics-measured.json.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from root_conftest import recipe_marks
 
-from fluxperf.runner import free_gpu
+from fluxperf.measure.runner import free_gpu
 
 pytestmark = [pytest.mark.gpu, pytest.mark.numerics]
 
@@ -23,7 +23,7 @@ FULL_TRANSFORMER_BLOCKS = 19 + 38
 def measured(request, reference, numerics_record):
     import torch
 
-    from fluxperf.numerics import measure_rung
+    from fluxperf.measure.numerics import measure_rung
 
     name = request.param
     _, missing = recipe_marks(name, check=True)

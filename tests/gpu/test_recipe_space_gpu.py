@@ -23,7 +23,7 @@ import torch
 
 from fluxperf.apply import apply
 from fluxperf.errors import UnavailableError
-from fluxperf.metrics import relative_error
+from fluxperf.measure.metrics import relative_error
 from fluxperf.optional import probe
 from fluxperf.recipe import FP8_BACKENDS, Recipe
 from fluxperf.recipe_space import AXES, combinations, judge
@@ -65,7 +65,7 @@ def measured():
 
 
 def _fresh(variant="dev"):
-    from fluxperf.models import build_pipeline
+    from fluxperf.model.build import build_pipeline
 
     pipe = build_pipeline(variant, "tiny", device="cuda", dtype="bfloat16", text_encoders=False)
     pipe.set_progress_bar_config(disable=True)
@@ -73,8 +73,8 @@ def _fresh(variant="dev"):
 
 
 def _inputs(pipe):
-    from fluxperf.model_configs import dims_of_pipeline
-    from fluxperf.shapes import ShapeSpec, transformer_inputs
+    from fluxperf.model.configs import dims_of_pipeline
+    from fluxperf.model.shapes import ShapeSpec, transformer_inputs
 
     return transformer_inputs(ShapeSpec("dev", 64, 64, text_len=16), dims_of_pipeline(pipe), device="cuda",
                               dtype=torch.bfloat16)

@@ -1,0 +1,1 @@
+"""Measuring: the build/apply/free protocol, timing, metrics, numerics and the ladder."""

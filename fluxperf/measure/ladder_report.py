@@ -1,0 +1,131 @@
+"""Write a ladder run: table (stdout/markdown), CSV, JSON records with the environment, PNG images, bar chart."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from fluxperf.io import atomic_save, atomic_write_json, atomic_write_text
+from fluxperf.measure.ladder_run import LadderResult
+
+COLUMNS = ["rung", "status", "image_median_ms", "image_p90_ms", "step_median_ms", "step_p90_ms", "speedup_step",
+           "psnr_db", "ssim", "max_abs_error", "cached_steps", "float8_linear", "attention", "apply_s", "peak_memory_gib", "error"]
+
+
+def table(result: LadderResult):
+    """One row per rung as a pandas DataFrame (speed-up relative to the reference rung's step time)."""
+    import pandas as pd
+
+    ref = next((r for r in result.rungs if r.rung == result.options.reference and r.step_ms), None)
+    rows = []
+    for r in result.rungs:
+        step = r.step_ms["median_ms"] if r.step_ms else None
+        applied = r.applied or {}
+        rows.append({
+            "rung": r.rung, "status": r.status,
+            "image_median_ms": r.image_ms["median_ms"] if r.image_ms else None,
+            "image_p90_ms": r.image_ms["p90_ms"] if r.image_ms else None,
+            "step_median_ms": step, "step_p90_ms": r.step_ms["p90_ms"] if r.step_ms else None,
+            "speedup_step": (ref.step_ms["median_ms"] / step) if (ref and step) else None,
+            "psnr_db": r.psnr_db, "ssim": r.ssim, "max_abs_error": r.max_abs_error, "cached_steps": r.cached_steps,
+            "float8_linear": applied.get("float8_linear_count"), "attention": applied.get("attention_backend"),
+            "apply_s": r.apply_s, "peak_memory_gib": r.peak_memory_gib, "error": r.error,
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def markdown(df) -> str:
+    shown = df.drop(columns=["error"]).copy()
+    shown["psnr_db"] = shown["psnr_db"].map(lambda v: "inf" if v is not None and math.isinf(v) else v)
+    return shown.to_markdown(index=False, floatfmt=".2f") if _has_tabulate() else shown.to_string(index=False)
+
+
+def write_outputs(result: LadderResult, out_dir: str | Path, command: str | None = None) -> dict[str, Path]:
+    """Write ladder.csv, ladder.json, ladder.md, ladder.png and <rung>.png under out_dir (atomically)."""
+    out = Path(out_dir)
+    df = table(result)
+    paths = {
+        "csv": atomic_save(out / "ladder.csv", lambda p: df.to_csv(p, index=False)),
+        "json": atomic_write_json(out / "ladder.json", _record(result, command)),
+        "md": atomic_write_text(out / "ladder.md", markdown(df) + "\n"),
+    }
+    for r in result.rungs:
+        if r.image is not None:
+            paths[f"image:{r.rung}"] = atomic_save(out / f"{r.rung}.png", lambda p, im=r.image: im.save(p, "PNG"))
+    paths["chart"] = atomic_save(out / "ladder.png", lambda p: _bar_chart(df, result, p))
+    return paths
+
+
+def check_out_dir(out_dir: str | Path, option: str = "out") -> Path:
+    """Create `out_dir` (with parents) and prove it writable by writing and removing a probe file, so a bad
+    output directory is found before any rung is measured, not after.
+
+    Args:
+        out_dir: the output directory.
+        option: how the caller names it in the message ("--out" on the command line).
+    Returns:
+        the directory as a Path.
+    Raises:
+        OptionError: it cannot be created or written (one line: the path, what failed, the fix).
+    """
+    import tempfile
+
+    from fluxperf.measure.ladder_run import OptionError
+
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".fluxperf-write-probe-"):
+            pass
+    except OSError as exc:  # read-only file system, no permission, a file in the way, ...
+        raise OptionError(f"{option} {str(out_dir)!r}: cannot write there ({type(exc).__name__}: "
+                          f"{exc.strerror or exc}). Fix: choose a writable directory with {option}.") from None
+    return out
+
+
+def _record(result: LadderResult, command: str | None) -> dict:
+    rungs = []
+    for r in result.rungs:
+        d = asdict(r)
+        d.pop("image")
+        if d["psnr_db"] is not None and math.isinf(d["psnr_db"]):
+            d["psnr_db"] = "inf"
+        rungs.append(d)
+    return {"command": command or " ".join(sys.argv), "options": asdict(result.options),
+            "environment": result.environment, "ok": result.ok, "rungs": rungs}
+
+
+def _bar_chart(df, result: LadderResult, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(df)), 4))
+    values = df["step_median_ms"].fillna(0).tolist()
+    bars = ax.bar(df["rung"], values, color=["tab:blue" if s == "ok" else "tab:red" for s in df["status"]])
+    for bar, p, s in zip(bars, df["psnr_db"], df["status"]):
+        label = "FAILED" if s != "ok" else ("ref" if p is not None and math.isinf(p) else
+                                            (f"{p:.1f} dB" if p is not None else ""))
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=8)
+    o = result.options
+    ax.set_ylabel("transformer step, median ms")
+    ax.set_title(f"FLUX.1-{o.variant} ({o.size}) {o.height}x{o.width} on {_device_name(result)}")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _device_name(result: LadderResult) -> str:
+    gpu = result.environment.get("gpu")
+    return gpu["name"] if gpu else "CPU"
+
+
+def _has_tabulate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tabulate") is not None

@@ -1,0 +1,308 @@
+"""Run the ablation ladder: per rung build a fresh pipeline, apply the recipe, time it, compare its image.
+
+Per rung: image latency (the whole pipeline call with precomputed prompt embeddings), one transformer step
+(the denoiser alone, inputs from fluxperf.model.shapes), both with warm-up excluded and several rounds; the image's
+PSNR/SSIM against the reference rung. A rung that fails is recorded with its error and makes the run fail:
+it never drops silently out of the table (lesson 8).
+
+Example:
+    >>> result = run_ladder(LadderOptions(rungs=("bf16", "compile")))  # doctest: +SKIP
+    >>> result.ok                                                      # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fluxperf.errors import FluxperfError
+from fluxperf.ladder import CPU_RUNGS, LADDER, recipe_from, rung_names
+from fluxperf.model.configs import SIZES, VARIANT_DEFAULTS, VARIANTS, dims_of_pipeline
+from fluxperf.model.shapes import PIXELS_PER_TOKEN
+from fluxperf.recipe import MAX_STEPS
+from fluxperf.recipe_checks import check_fields, checked
+
+DEFAULT_PROMPT = "a photo of a red car in the city at night, cinematic lighting"
+DEFAULT_GPU_RUNGS = ("bf16", "compile", "fused_qkv", "channels_last", "fa3_fp8", "float8", "flags")
+MAX_SIDE = 4096  # pixels: FLUX.1 is trained up to 2 MP; 4096 px already needs 65k image tokens
+
+
+class OptionError(FluxperfError, ValueError):
+    """A ladder option is out of its rule (one line: the option, the value, the rule, the fix)."""
+
+
+_DEVICE = r"cpu|cuda(:[0-9]+)?"
+
+
+@dataclass(frozen=True)
+class LadderOptions:
+    """What `fluxperf ladder` runs. None means: the default for the device/variant.
+
+    Every field is checked at construction (fluxperf.recipe_checks: type from the annotation, rule next to the
+    field), and a CUDA device must be present: OptionError, before anything is built. The CLI's argparse types
+    are made from the same rules (fluxperf.cli._types).
+    """
+
+    variant: str = checked("schnell", choices=VARIANTS)
+    size: str | None = checked(None, choices=(None, *SIZES))  # tiny on CPU, full on CUDA
+    device: str | None = checked(None, pattern=_DEVICE, rule="cpu, cuda or cuda:<index>",
+                                 fix="use cpu or cuda (default: cuda if available)")
+    height: int | None = checked(None, lo=16, hi=MAX_SIDE, multiple=PIXELS_PER_TOKEN)  # 64 tiny, 1024 full
+    width: int | None = checked(None, lo=16, hi=MAX_SIDE, multiple=PIXELS_PER_TOKEN)
+    steps: int | None = checked(None, lo=1, hi=MAX_STEPS, fix="use e.g. 4 (schnell) or 28 (dev/kontext)")
+    rungs: tuple[str, ...] | None = checked(None, choices=rung_names(), nonempty=True,
+                                            rule=f"a non-empty list of rungs from {', '.join(rung_names())}")
+    reference: str | None = checked(None, choices=rung_names())  # "bf16" if run, else the first rung
+    seed: int = checked(0, lo=0, hi=2**32 - 1)
+    batch: int = checked(1, lo=1, hi=64)
+    warmup: int = checked(1, lo=0, hi=1000)
+    rounds: int = checked(3, lo=1, hi=10_000)
+    step_rounds: int = checked(5, lo=1, hi=10_000)
+    prompt: str = checked(DEFAULT_PROMPT, nonempty=True)
+    checkpoint: str | None = checked(None, nonempty=True, fix="a local directory or a hub id, or None (synthetic)")
+
+    def __post_init__(self):
+        check_fields(self, error=OptionError)
+        problem = device_problem(self.device)
+        if problem:
+            raise OptionError(f"device={self.device!r}: {problem}")
+        self._check_cache_rungs()
+
+    def _check_cache_rungs(self) -> None:
+        """Block-cache rungs need a variant and a step count with steps left to cache (fluxperf.steps.caching.cache_dit.check_variant
+        and check_steps refuse them at apply(), after the models are built): refuse them here, before."""
+        steps = VARIANT_DEFAULTS[self.variant]["steps"] if self.steps is None else self.steps
+        for name in self.rungs or ():
+            r = recipe_from(name)
+            warmup = r.cache_dit.max_warmup_steps if r.cache_dit.enabled else 1 if r.first_block_cache.enabled else None
+            if warmup is None:
+                continue
+            if self.variant == "schnell":
+                raise OptionError(f"rungs include {name!r} (block cache) with variant='schnell': schnell's 4 steps are "
+                                  "all warm-up steps, nothing can be cached. Fix: --variant dev (or kontext), or drop "
+                                  f"the {name!r} rung.")
+            if steps <= warmup:
+                raise OptionError(f"rungs include {name!r} (block cache, {warmup} warm-up steps) with steps={steps}: "
+                                  f"every step is a warm-up step. Fix: --steps {warmup + 1} or more (dev uses 28).")
+
+    def resolved(self) -> LadderOptions:
+        """Fill the defaults that depend on the machine (None fields only: a given value is never replaced)."""
+        import torch
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        size = self.size or ("full" if device.startswith("cuda") else "tiny")
+        side = 1024 if size == "full" else 64
+        rungs = self.rungs or (DEFAULT_GPU_RUNGS if device.startswith("cuda") else CPU_RUNGS)
+        reference = self.reference or ("bf16" if "bf16" in rungs else rungs[0])
+        if reference not in rungs:
+            rungs = (reference, *rungs)
+        return LadderOptions(**{**asdict(self), "device": device, "size": size,
+                                "height": side if self.height is None else self.height,
+                                "width": side if self.width is None else self.width,
+                                "steps": VARIANT_DEFAULTS[self.variant]["steps"] if self.steps is None else self.steps,
+                                "rungs": tuple(rungs), "reference": reference})
+
+
+def device_problem(device: str | None) -> str | None:
+    """None if `device` (None, "cpu", "cuda", "cuda:N") can run here, else the rule and the fix in words.
+
+    Imports torch only for a CUDA device (to ask whether one is visible).
+    """
+    if device is None or device == "cpu":
+        return None
+    if not re.fullmatch(_DEVICE, device):
+        return "must be cpu, cuda or cuda:<index>. Fix: use cpu or cuda (default: cuda if available)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return ("no CUDA GPU is visible (torch.cuda.is_available() is False). "
+                "Fix: use cpu, or leave the device unset (cuda when available)")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return f"there are {torch.cuda.device_count()} CUDA device(s). Fix: use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+    return None
+
+
+@dataclass
+class RungResult:
+    rung: str
+    status: str = "ok"  # "ok" or "error"
+    error: str | None = None
+    image_ms: dict[str, Any] | None = None
+    step_ms: dict[str, Any] | None = None
+    apply_s: float | None = None
+    applied: dict[str, Any] | None = None
+    psnr_db: float | None = None
+    ssim: float | None = None
+    max_abs_error: float | None = None
+    peak_memory_gib: float | None = None
+    cached_steps: int | None = None  # steps of the last image served from a block cache (None: no cache on)
+    image: Any = field(default=None, repr=False)  # PIL image, not serialized
+
+
+@dataclass
+class LadderResult:
+    options: LadderOptions
+    rungs: list[RungResult]
+    environment: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "ok" for r in self.rungs)
+
+
+def run_ladder(options: LadderOptions, progress: Callable[[str], None] = print) -> LadderResult:
+    """Run every rung of `options` (see LadderOptions) and return per-rung results."""
+    from fluxperf.env import fingerprint
+    from fluxperf.model.shapes import ShapeSpec
+
+    opts = options.resolved()
+    for name in opts.rungs:  # fail fast on a typo, before minutes of model building
+        recipe_from(name)
+    spec = ShapeSpec(opts.variant, opts.height, opts.width, opts.batch)
+    progress(f"[ladder] {opts.variant}/{opts.size} {opts.height}x{opts.width} steps={opts.steps} on {opts.device}: "
+             f"rungs {', '.join(opts.rungs)}")
+    embeds = _prompt_embeddings(opts, spec, progress)
+    results = [_run_rung(name, opts, spec, embeds, progress) for name in opts.rungs]
+    _add_image_metrics(results, opts.reference)
+    return LadderResult(opts, results, fingerprint(with_gpu=opts.device.startswith("cuda")))
+
+
+def _prompt_embeddings(opts: LadderOptions, spec, progress) -> dict:
+    """Encode the prompt once with the text encoders (then free them): every rung gets the same embeddings."""
+    from fluxperf.measure.runner import prepared
+
+    t0 = time.perf_counter()
+    with prepared(opts.variant, opts.size, None, device=opts.device, dtype="bfloat16", seed=opts.seed,
+                  text_encoders=True, checkpoint=opts.checkpoint) as run:
+        prompt_embeds, pooled, _ = run.pipe.encode_prompt(opts.prompt, prompt_2=None, device=opts.device,
+                                                          num_images_per_prompt=opts.batch,
+                                                          max_sequence_length=spec.text_tokens)
+    progress(f"[ladder] prompt encoded with the text encoders in {time.perf_counter() - t0:.1f} s")
+    return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+
+
+def _run_rung(name: str, opts: LadderOptions, spec, embeds: dict, progress) -> RungResult:
+    """Build, apply and measure one rung through fluxperf.measure.runner.prepared (freed whatever happens)."""
+    from fluxperf.measure.runner import prepared
+
+    result = RungResult(rung=name)
+    try:
+        recipe = recipe_from(name)
+        with prepared(opts.variant, opts.size, recipe, device=opts.device, spec=spec, steps=opts.steps,
+                      seed=opts.seed, checkpoint=opts.checkpoint,
+                      before_apply=lambda _pipe: _reset_peak_memory(opts.device)) as run:
+            _measure_applied(result, name, opts, spec, embeds, progress, run)
+    except Exception as exc:  # recorded, shown in the table, and turned into a failing exit status
+        result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
+        progress(f"[ladder] {name}: FAILED: {result.error}\n{traceback.format_exc(limit=3)}")
+    return result
+
+
+def _reset_peak_memory(device: str) -> None:
+    """Peak memory of a rung counts from its built pipeline on (apply included)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, embeds: dict, progress, run) -> None:
+    """Time the applied pipeline's image and one transformer step (`run`: fluxperf.measure.runner.Prepared)."""
+    import torch
+
+    from fluxperf.measure.timing import time_fn
+    from fluxperf.model.shapes import initial_latents, transformer_inputs
+    from fluxperf.steps.caching.stats import last_call_cache_stats
+
+    pipe, stack = run.pipe, run.stack
+    result.apply_s, result.applied = run.setup_s, stack.to_dict()
+    dtype = pipe.transformer.dtype
+    dims = dims_of_pipeline(pipe)
+    call = image_call(pipe, opts.variant, spec, steps=opts.steps, seed=opts.seed,
+                      embeds={k: v.to(dtype) for k, v in embeds.items()},
+                      latents=initial_latents(spec, dims, opts.seed, device=opts.device, dtype=dtype))
+
+    def say(msg):
+        progress(f"[ladder] {name} image {msg}")
+
+    image_t = time_fn(call, warmup=opts.warmup, rounds=opts.rounds, device=opts.device, progress=say)
+    result.image_ms, result.image = image_t.summary(), call()
+    cache = last_call_cache_stats(pipe)
+    result.cached_steps = cache["cached_steps"] if cache else None
+    inputs = transformer_inputs(spec, dims, device=opts.device, dtype=dtype, seed=opts.seed)
+    with torch.inference_mode():
+        step_t = time_fn(lambda: pipe.transformer(**inputs), warmup=2, rounds=opts.step_rounds, device=opts.device)
+    result.step_ms = step_t.summary()
+    result.applied = stack.to_dict()  # again, after the calls: recompiles they caused are counted (issue 13.1)
+    if opts.device.startswith("cuda"):
+        result.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
+    progress(f"[ladder] {name}: image {image_t.median_ms:.1f} ms (p90 {image_t.p90_ms:.1f}), "
+             f"step {step_t.median_ms:.2f} ms, apply {result.apply_s:.1f} s, first call "
+             f"{image_t.warmup_ms[0] if image_t.warmup_ms else float('nan'):.0f} ms")
+
+
+def image_call(pipe, variant: str, spec, *, steps: int, seed: int, embeds: dict, latents, output_type="pil"):
+    """A zero-argument callable generating the image(s) of `pipe` with fixed noise and prompt embeddings.
+
+    Args:
+        pipe: a FLUX pipeline (FluxKontextPipeline for "kontext").
+        variant: "schnell", "dev" or "kontext": the guidance scale and, for Kontext, a seeded conditioning image.
+        spec: the ShapeSpec (height, width, text tokens).
+        steps, seed: denoising steps; seed of the generator and of Kontext's input image.
+        embeds: {"prompt_embeds": (B, text, 4096), "pooled_prompt_embeds": (B, 768)} on the pipeline's device.
+        latents: packed initial noise (B, image tokens, in_channels), e.g. fluxperf.model.shapes.initial_latents(...).
+        output_type: "pil" (the first image) or "np".
+
+    Example:
+        >>> call = image_call(pipe, "dev", ShapeSpec("dev", 512, 512), steps=28, seed=0,  # doctest: +SKIP
+        ...                   embeds=embeds, latents=latents)
+        >>> image = call()  # doctest: +SKIP
+    """
+    import torch
+
+    kwargs = dict(height=spec.height, width=spec.width, num_inference_steps=steps, latents=latents,
+                  guidance_scale=VARIANT_DEFAULTS[variant]["guidance"],
+                  max_sequence_length=spec.text_tokens, output_type=output_type, **embeds)
+    if variant == "kontext":
+        kwargs.update(image=_kontext_input_image(spec, seed), max_area=spec.height * spec.width,
+                      _auto_resize=False)
+
+    def call():
+        generator = torch.Generator("cpu").manual_seed(seed)
+        with torch.inference_mode():
+            return pipe(generator=generator, **kwargs).images[0]
+
+    return call
+
+
+def _kontext_input_image(spec, seed: int):
+    """A deterministic conditioning image (smooth gradients + noise) of the spec's conditioning size."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = spec.cond_height, spec.cond_width
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x / w, y / h, 0.5 + 0 * x], -1) * 200
+    return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8))
+
+
+def _add_image_metrics(results: list[RungResult], reference: str) -> None:
+    from fluxperf.measure.metrics import compare_images
+
+    ref = next((r for r in results if r.rung == reference and r.status == "ok"), None)
+    if ref is None:
+        return
+    for r in results:
+        if r.status == "ok":
+            m = compare_images(r.image, ref.image)
+            r.psnr_db, r.ssim, r.max_abs_error = m["psnr_db"], m["ssim"], m["max_abs_error"]
+
+
+__all__ = ["LadderOptions", "LadderResult", "RungResult", "run_ladder", "image_call", "LADDER"]

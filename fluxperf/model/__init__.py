@@ -1,0 +1,1 @@
+"""Synthetic FLUX pipelines, their configs, tokenizers and the one source of example inputs."""

@@ -1,0 +1,1 @@
+"""The optimization steps apply() runs, one module (or folder) per technique."""

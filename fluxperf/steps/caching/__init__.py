@@ -1,0 +1,1 @@
+"""Block caches: cache-dit and the first-block cache, on shared checks and state."""

@@ -1,0 +1,149 @@
+"""What fluxperf's two block caches share: the checks before enabling one, which cache is on a pipeline, the
+cache-dit pipeline-class patch, and the shape of per-call step counts.
+
+The caches themselves live in `fluxperf.steps.caching.cache_dit` (cache-dit DBCache, the only importer of cache_dit) and
+`fluxperf.steps.caching.first_block` (diffusers' first-block cache); both import this module and neither imports the other.
+`fluxperf.steps.caching.stats` dispatches over them for callers that do not know which one a recipe enabled.
+
+One attribute on the pipeline, `STATE_ATTR`, holds the enabled cache's kind and its module's own state: the two
+caches exclude each other, so one slot is the whole bookkeeping, and asking "which cache is on" reads one name.
+Importing this module imports neither torch, cache-dit nor diffusers.
+
+Example:
+    >>> enabled_cache(object()) is None
+    True
+    >>> step_stats([2, 3], 4, 4)["executed_steps"]
+    2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fluxperf.errors import FluxperfError, RecipeError
+
+STATE_ATTR = "_fluxperf_block_cache"
+KINDS = ("cache_dit", "first_block")
+
+
+@dataclass
+class _Slot:
+    kind: str  # one of KINDS
+    state: Any  # the cache module's own state object
+
+
+# -- which cache is on a pipeline --------------------------------------------------------------------------------
+def enabled_cache(pipe) -> str | None:
+    """"cache_dit", "first_block" or None: the block cache fluxperf enabled on `pipe` (and has not disabled)."""
+    slot = getattr(pipe, STATE_ATTR, None)
+    return slot.kind if slot is not None else None
+
+
+def attach(pipe, kind: str, state: Any) -> None:
+    """Record that the `kind` cache is enabled on `pipe`, with its module's state.
+
+    Raises:
+        FluxperfError: another (or the same) cache is already recorded: the enabling module must check first.
+    """
+    if kind not in KINDS:
+        raise FluxperfError(f"caching.attach: kind={kind!r} is not one of {KINDS}.")
+    current = enabled_cache(pipe)
+    if current is not None:
+        raise FluxperfError(f"caching.attach: the {current} cache is already enabled on this pipeline; "
+                            "disable it before enabling another.")
+    setattr(pipe, STATE_ATTR, _Slot(kind, state))
+
+
+def state_of(pipe, kind: str, error: str) -> Any:
+    """The state the `kind` cache keeps on `pipe`.
+
+    Args:
+        error: the message of the FluxperfError raised when `kind` is not enabled (it names the caller and fix).
+    """
+    slot = getattr(pipe, STATE_ATTR, None)
+    if slot is None or slot.kind != kind:
+        raise FluxperfError(error)
+    return slot.state
+
+
+def detach(pipe, kind: str) -> None:
+    """Forget the `kind` cache on `pipe` (its module has undone its hooks). No-op if it is not the one recorded."""
+    if enabled_cache(pipe) == kind:
+        delattr(pipe, STATE_ATTR)
+
+
+def pipeline_class_patched(cls: type) -> bool:
+    """True while cache-dit has patched `cls.__call__` (it does so for the pipeline CLASS, so one cached pipeline
+    changes every pipeline of its class in the process)."""
+    return bool(getattr(cls, "_is_cached", False)) or "_original_call" in cls.__dict__
+
+
+# -- checks before enabling a cache ------------------------------------------------------------------------------
+def check_variant(variant: str, pipe, what: str) -> None:
+    """Refuse schnell (by name or by a transformer without guidance embedding): 4 steps leave nothing to cache.
+
+    Raises:
+        RecipeError: `variant` is not a FLUX.1 variant, or the variant / the pipeline is schnell.
+    """
+    from fluxperf.model.build import variant_of
+
+    if variant not in ("dev", "kontext", "schnell"):
+        raise RecipeError(f"{what}: variant={variant!r} is not a FLUX.1 variant. Fix: use 'dev' or 'kontext'.")
+    if variant == "schnell" or variant_of(pipe) == "schnell":
+        raise RecipeError(
+            f"{what} with variant='schnell': schnell samples in 4 steps and the cache's warm-up steps alone "
+            "exceed them (the first steps are always computed), so nothing would be served from the cache while "
+            f"the hooks still cost time. Fix: use variant 'dev' or 'kontext' (28 steps), or disable {what}."
+        )
+
+
+def check_steps(num_inference_steps: Any, warmup: int, what: str) -> None:
+    """Refuse a step count that is not a positive int, or that leaves no step after the `warmup` steps.
+
+    Raises:
+        RecipeError: naming the count, the warm-up and the fix.
+    """
+    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+        raise RecipeError(f"{what}: num_inference_steps={num_inference_steps!r} must be a positive integer.")
+    if num_inference_steps <= warmup:
+        raise RecipeError(
+            f"{what}: num_inference_steps={num_inference_steps} <= warm-up steps {warmup}: every step is a warm-up "
+            "step, so nothing can be cached. Fix: more steps (dev/kontext use 28) or fewer warm-up steps."
+        )
+
+
+def is_compiled(transformer) -> bool:
+    """True if the transformer (whole) or any of its blocks (regional) has been torch.compile'd."""
+    import torch
+
+    if isinstance(transformer, torch._dynamo.eval_frame.OptimizedModule):
+        return True
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in transformer.modules())
+
+
+def check_not_compiled(transformer, what: str) -> None:
+    """Raises RecipeError if the transformer is compiled: the cache must go on before torch.compile."""
+    if is_compiled(transformer):
+        raise RecipeError(
+            f"{what} on an already compiled transformer: the cache replaces the transformer's and blocks' forward "
+            "paths, which compiled code has already captured. Fix: apply caching before torch.compile "
+            "(fluxperf.apply does: ... quantize -> caching -> compile)."
+        )
+
+
+# -- per-call counts -----------------------------------------------------------------------------------------------
+def step_stats(cached_indices: list[int], total_steps: int, num_inference_steps: int) -> dict[str, Any]:
+    """The step counts every block cache reports for one pipeline call.
+
+    Args:
+        cached_indices: sorted indices of the transformer steps served from the cache.
+        total_steps: transformer steps the call ran (computed + cached).
+        num_inference_steps: the step count the cache was configured for.
+    Returns:
+        {"cached_steps", "executed_steps" (total - cached), "total_steps", "cached_step_indices",
+         "num_inference_steps"}.
+    """
+    cached = list(cached_indices)
+    return {"cached_steps": len(cached), "executed_steps": total_steps - len(cached), "total_steps": total_steps,
+            "cached_step_indices": cached, "num_inference_steps": num_inference_steps}

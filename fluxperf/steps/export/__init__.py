@@ -1,0 +1,1 @@
+"""torch.export + AOTInductor packages, their cache, loader and CUDA-graph runner."""

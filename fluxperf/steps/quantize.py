@@ -1,0 +1,184 @@
+"""torchao float8 dynamic activation + float8 weight quantization. The only module importing torchao.
+
+Counts and reports conversions: torchao silently skips Linear layers whose dims are not multiples of 16
+(lesson 7), so the report says how many of how many Linear layers became float8, and which were skipped and why.
+
+Only layers whose float8 forward runs are converted (a `filter_fn` for quantize_); the others stay in the model's
+dtype and are reported in `skipped_reasons`:
+* the shape rule (`float8_shape_reason`, checked on any machine): torch._scaled_mm needs in and out features that
+  are multiples of 16; and with tensor-wise scaling torchao 0.18 takes a 128x128 weight (block_size == shape ==
+  (128, 128)) for a 128x128 BLOCK-scaled one (`_is_128_128_scaled` in float8_tensor.py's addmm) and asserts
+  "input_tensor must be 1x128 scaled" at the first forward (row-wise weights have block_size (1, in): unaffected);
+* a probe (`float8_probe_reason`): one fresh Linear per distinct (in, out, bias) shape is quantized with the same
+  config and run once on the model's device; a shape whose forward raises is left unconverted, with the error.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from fluxperf.errors import UnavailableError
+from fluxperf.optional import install_hint, require
+from fluxperf.recipe import QuantizeConfig
+
+
+def float8_linear_count(module) -> int:
+    """Number of nn.Linear layers whose weight is a torchao Float8Tensor (0 without torchao)."""
+    import torch
+
+    float8_cls = _float8_tensor_class()
+    if float8_cls is None:
+        return 0
+    return sum(isinstance(m.weight, float8_cls) for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+def linear_names(module) -> list[str]:
+    import torch
+
+    return [name for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def check_float8_hardware(device) -> None:
+    """float8 matmuls need CUDA compute capability >= 8.9 (Ada/Hopper); raise a clear error otherwise."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise UnavailableError(
+            "float8 quantization", f"the model is on {device}, but torchao's float8 matmul needs a CUDA GPU",
+            "move the pipeline to an sm89+ GPU (L4/L40/H100) before apply(), or use a recipe without quantize",
+        )
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (8, 9):
+        raise UnavailableError(
+            "float8 quantization", f"GPU compute capability {cap[0]}.{cap[1]} < 8.9",
+            "use an Ada/Hopper GPU (sm89/sm90), or a recipe without quantize",
+        )
+
+
+def float8_shape_reason(in_features: int, out_features: int, granularity: str) -> str | None:
+    """Why torchao's float8 Linear cannot run a weight of this shape (None: it can); see the module docstring.
+
+    Args:
+        in_features, out_features: the Linear's sizes.
+        granularity: "tensor" (PerTensor) or "row" (PerRow).
+
+    Example:
+        >>> float8_shape_reason(24, 128, "row")
+        'in/out features 24->128: torch._scaled_mm needs both to be multiples of 16'
+        >>> float8_shape_reason(128, 128, "row") is None
+        True
+    """
+    if in_features % 16 or out_features % 16:
+        return f"in/out features {in_features}->{out_features}: torch._scaled_mm needs both to be multiples of 16"
+    if granularity == "tensor" and (in_features, out_features) == (128, 128):
+        return ("128->128 with tensor-wise scaling: torchao 0.18 takes a tensor-scaled 128x128 weight for a "
+                "128x128 block-scaled one and fails at forward ('input_tensor must be 1x128 scaled')")
+    return None
+
+
+def float8_config(granularity: str):
+    """torchao's Float8DynamicActivationFloat8WeightConfig for "tensor" (PerTensor) or "row" (PerRow) scaling."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor
+
+    # set_inductor_config=False: torchao would otherwise flip global inductor flags behind our back.
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if granularity == "row" else PerTensor(),
+                                                     set_inductor_config=False)
+
+
+def float8_probe_reason(linear, granularity: str) -> str | None:
+    """Run one fresh Linear of `linear`'s shape through float8_config(granularity) on its device and dtype; the
+    error of its forward as a reason (None: it runs). Cached per (in, out, bias, dtype, device, granularity)."""
+    weight = linear.weight
+    return _probe(linear.in_features, linear.out_features, linear.bias is not None, str(weight.dtype).split(".")[-1],
+                  str(weight.device), granularity)
+
+
+@functools.cache
+def _probe(in_features, out_features, bias, dtype, device, granularity) -> str | None:
+    import torch
+    from torchao.quantization import quantize_
+
+    dtype = getattr(torch, dtype)
+    probe = torch.nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+    # a config error (e.g. PerRow on fp32 weights) is the caller's, not a shape reason: it raises here
+    quantize_(probe, float8_config(granularity))
+    x = torch.randn(2, 3, in_features, device=device, dtype=dtype)  # 3-D, 6 rows: as the transformer calls it
+    try:
+        with torch.no_grad():
+            probe(x)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)  # an asynchronous kernel error belongs to this probe
+    except Exception as exc:  # recorded as the reason the layer stays unconverted (reported, never swallowed)
+        return f"torchao's float8 forward fails on {in_features}->{out_features}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def quantize_float8(module, cfg: QuantizeConfig) -> dict:
+    """Quantize every Linear of `module` whose float8 forward runs, in place, with
+    Float8DynamicActivationFloat8WeightConfig; the others keep their dtype and are reported.
+
+    Args:
+        module: the transformer (on its GPU, in bf16).
+        cfg: granularity "tensor" (PerTensor) or "row" (PerRow).
+    Returns:
+        report: linear_count, float8_count, skipped (names of Linear layers left unconverted), skipped_reasons
+        ({name: why}), granularity, torchao version.
+    """
+    torchao = require("torchao")
+    check_float8_hardware(next(module.parameters()).device)
+    from torchao.quantization import quantize_
+
+    config = float8_config(cfg.granularity)
+    names = linear_names(module)
+    reasons: dict[str, str] = {}
+    from fluxperf.faults import active
+
+    if not active("skip_float8"):  # the fault exists to prove the engagement guard catches a silent skip
+        quantize_(module, config, filter_fn=_runnable_filter(cfg.granularity, reasons))
+    converted = _float8_names(module)
+    skipped = [n for n in names if n not in converted]
+    return {
+        "torchao": getattr(torchao, "__version__", None),
+        "granularity": cfg.granularity,
+        "linear_count": len(names),
+        "float8_count": len(converted),
+        "skipped": skipped,
+        "skipped_reasons": {n: reasons.get(n, "torchao left it unconverted") for n in skipped},
+    }
+
+
+def _runnable_filter(granularity: str, reasons: dict):
+    """quantize_'s filter_fn: a Linear passes if the shape rule and the probe say its float8 forward runs; the
+    reason of every refusal is recorded in `reasons` (fqn -> why)."""
+    import torch
+
+    def keep(module, fqn: str) -> bool:
+        if not isinstance(module, torch.nn.Linear):
+            return False
+        reason = (float8_shape_reason(module.in_features, module.out_features, granularity)
+                  or float8_probe_reason(module, granularity))
+        if reason is not None:
+            reasons[fqn] = reason
+        return reason is None
+
+    return keep
+
+
+def _float8_names(module) -> set[str]:
+    import torch
+
+    float8_cls = _float8_tensor_class()
+    return {n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and isinstance(m.weight, float8_cls)}
+
+
+def _float8_tensor_class():
+    import sys
+
+    if "torchao" not in sys.modules:  # never import torchao just to count: nothing can be float8 without it
+        return None
+    try:
+        from torchao.quantization import Float8Tensor
+    except ImportError as exc:
+        raise UnavailableError("torchao Float8Tensor", str(exc), install_hint("torchao")) from exc
+    return Float8Tensor
