@@ -115,8 +115,8 @@ def test_update_refuses_a_kernel_table_that_is_not_kernel_records(tmp_path, tabl
 
 # == fixed: wrong types that are falsy ([] / 0) slipped through `or {}`; untyped sections crashed `show` ======
 FALSY_OR_UNTYPED = {
-    "thresholds []": ("fluxperf.measure.thresholds", lambda d: d["fluxperf"].update(thresholds=[])),
-    "thresholds 0": ("fluxperf.measure.thresholds", lambda d: d["fluxperf"].update(thresholds=0)),
+    "thresholds []": ("fluxperf.thresholds", lambda d: d["fluxperf"].update(thresholds=[])),
+    "thresholds 0": ("fluxperf.thresholds", lambda d: d["fluxperf"].update(thresholds=0)),
     "kernel_tables []": ("fluxperf.kernel_tables", lambda d: d["fluxperf"].update(kernel_tables=[])),
     "provenance list": ("fluxperf.provenance", lambda d: d["fluxperf"].update(provenance=[])),
     "removed string": ("fluxperf.removed", lambda d: d["fluxperf"].update(removed="x")),

@@ -153,7 +153,7 @@ def invalid_measurement(bench: dict) -> str | None:
 
 
 # -- thresholds and whole files ------------------------------------------------------------------------------
-def check_thresholds(thresholds, source, key: str = "fluxperf.measure.thresholds", *, fix: str = DEFAULT_FIX) -> dict:
+def check_thresholds(thresholds, source, key: str = "fluxperf.thresholds", *, fix: str = DEFAULT_FIX) -> dict:
     for name, th in mapping(thresholds, source, key, fix=fix).items():
         k = f"{key}[{name}]"
         mapping(th, source, k, fix=fix)
@@ -216,7 +216,7 @@ def check_baseline(data, source) -> dict:
             raise fail(source, f"fluxperf.kernel_tables[{name}]", rel, "is not a kernels/*.csv path inside the folder")
     unknown = sorted((set(thresholds) | set(tables)) - set(names))
     if unknown:
-        raise fail(source, "fluxperf.measure.thresholds/kernel_tables", unknown, "name benchmarks the file does not hold")
+        raise fail(source, "fluxperf.thresholds/kernel_tables", unknown, "name benchmarks the file does not hold")
     for b in benches:
         why = invalid_measurement(b)
         if why:
