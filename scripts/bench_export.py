@@ -60,7 +60,7 @@ def log(msg: str, t0: float) -> None:
 
 def time_package(package, inputs: dict, iters: int) -> dict:
     """Step time of the loaded package called directly (no CUDA graph), same positional inputs as the adapter's."""
-    from fluxperf.measure.timing import time_fn
+    from fluxperf.bench.timing import time_fn
     from fluxperf.steps.export.call import TRANSFORMER_INPUTS
 
     args = [inputs[n] for n in TRANSFORMER_INPUTS if n in inputs]
@@ -71,8 +71,8 @@ def measure(pipe, spec, recipe, cache_dir, iters: int, t0: float, *, reload: boo
     """Eager reference, cold apply_export, numerics and step times; then (reload) a cached apply_export."""
     import torch
 
+    from fluxperf.bench.timing import time_fn
     from fluxperf.measure.runner import free_gpu
-    from fluxperf.measure.timing import time_fn
     from fluxperf.model.configs import dims_of_pipeline
     from fluxperf.model.shapes import transformer_inputs
     from fluxperf.steps.export.apply import apply_export, remove_export

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from fluxperf.measure.timing import Timing, time_fn
+from fluxperf.bench.timing import Timing, time_fn
 
 
 def test_warmup_is_kept_apart_from_steady_state():

@@ -151,6 +151,6 @@ def _copy(device, rounds, reps) -> dict:
 
 
 def _per_call_ms(fn, reps, rounds, device) -> float:
-    from fluxperf.measure.timing import time_fn
+    from fluxperf.bench.timing import time_fn
 
     return time_fn(fn, warmup=2, rounds=rounds, device=device).median_ms / reps

@@ -108,7 +108,7 @@ def measure(fn, *, rounds: int, warmup_rounds: int, benchmark=None) -> dict:
     """Calibrate, time (pedantic when `benchmark` is given, else time_fn) under the monitor, calibrate again."""
     import torch
 
-    from fluxperf.measure.timing import time_fn
+    from fluxperf.bench.timing import time_fn
 
     before = cal.run_calibration()
     torch.cuda.reset_peak_memory_stats()

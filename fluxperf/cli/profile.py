@@ -107,7 +107,7 @@ def _profile_step(pipe, spec, device: str, rounds: int):
     import torch
 
     from fluxperf.bench.kernels import profile_kernel_table
-    from fluxperf.measure.timing import time_fn
+    from fluxperf.bench.timing import time_fn
     from fluxperf.model.configs import dims_of_pipeline
     from fluxperf.model.shapes import transformer_inputs
 

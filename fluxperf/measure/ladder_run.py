@@ -216,7 +216,7 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
     """Time the applied pipeline's image and one transformer step (`run`: fluxperf.measure.runner.Prepared)."""
     import torch
 
-    from fluxperf.measure.timing import time_fn
+    from fluxperf.bench.timing import time_fn
     from fluxperf.model.shapes import initial_latents, transformer_inputs
     from fluxperf.steps.caching.stats import last_call_cache_stats
 
