@@ -2,7 +2,7 @@
 
 Caching thresholds: the published ones (cache-dit 0.12, first-block cache 0.15-0.4) cache nothing on random
 weights, whose first-block residual changes far more per step than a trained FLUX's. These benchmarks use the
-thresholds at the median residual diff of the uncached trajectory, measured on the H100 by scripts/bench_cache.py
+thresholds at the median residual diff of the uncached trajectory, measured on the H100 by scripts/probes/bench_cache.py
 (perf/results/h100-cache/cache.json: cache_dit_f1b0_p50 0.602 cached 6/28, fbc_p50 0.59 cached 8/28), so the
 caches engage. The step count served from the cache is stored as the cached_steps proxy and compared with the
 baseline (one step of slack). Compile is regional bf16 (not the flags rung: its ~270 s compile does not fit a

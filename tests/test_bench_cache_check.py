@@ -1,4 +1,4 @@
-"""scripts/bench_cache.py's cleanliness rule: the cache-off probe is judged against the recompile floor."""
+"""scripts/probes/bench_cache.py's cleanliness rule: the cache-off probe is judged against the recompile floor."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_cache.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probes" / "bench_cache.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,14 @@
-"""scripts/diag_export.py: a crashing AOTI stage is isolated in its subprocess and reported, not fatal."""
+"""scripts/probes/diag_export.py: a crashing AOTI stage is isolated in its subprocess and reported, not fatal."""
 
 from __future__ import annotations
 
 
-# -- scripts/diag_export.py: a crashing stage is isolated and reported ------------------------------------------
+# -- scripts/probes/diag_export.py: a crashing stage is isolated and reported ------------------------------------------
 def _diag():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "diag_export.py"
+    path = Path(__file__).resolve().parents[1] / "scripts" / "probes" / "diag_export.py"
     spec = importlib.util.spec_from_file_location("diag_export", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

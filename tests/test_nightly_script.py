@@ -1,4 +1,4 @@
-"""scripts/nightly.sh end to end on CPU, with fake numerics and perf tiers (no GPU, no network)."""
+"""scripts/tiers/nightly.sh end to end on CPU, with fake numerics and perf tiers (no GPU, no network)."""
 
 import json
 import os
@@ -19,7 +19,7 @@ BASE_KERNELS = [{"name": "gemm_bf16", "count": 4, "cuda_time_us": 400.0},
 SLOW_KERNELS = [{"name": "gemm_bf16", "count": 4, "cuda_time_us": 520.0},
                 {"name": "flash_fwd", "count": 2, "cuda_time_us": 100.0},
                 {"name": "injected_cast_fp32", "count": 2, "cuda_time_us": 60.0}]
-# The fake perf tier, with scripts/perf-tier.sh's interface (GROUP --compare [-- PYTEST_ARGS]) and outputs
+# The fake perf tier, with scripts/tiers/perf-tier.sh's interface (GROUP --compare [-- PYTEST_ARGS]) and outputs
 # ($OUT/perf-GROUP.tar.gz with every group's JSON): a regressed record, with a kernel table when asked.
 FAKE_PERF = f"""#!/usr/bin/env bash
 group=$1; shift; [ "$1" = --compare ] || exit 2; shift
@@ -43,7 +43,7 @@ def run(tmp_path, *args, index="http://127.0.0.1:9/nightly", env_extra=None):
            "FAKE_KERNELS": json.dumps(SLOW_KERNELS), "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "",
            **(env_extra or {})}
     env.pop("NIGHTLY_ALLOW_INSTALLED", None)
-    return subprocess.run(["bash", str(ROOT / "scripts" / "nightly.sh"), *args], cwd=ROOT, env=env,
+    return subprocess.run(["bash", str(ROOT / "scripts" / "tiers" / "nightly.sh"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

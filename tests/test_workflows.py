@@ -12,7 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
 # Scripts owned by other parts of the project that tox.ini / nightly.sh call by contract.
-CONTRACTED = {"scripts/gpu-tier.sh": "the GPU numerics tier", "scripts/perf-tier.sh": "the perf tier"}
+CONTRACTED = {"scripts/tiers/gpu-tier.sh": "the GPU numerics tier", "scripts/tiers/perf-tier.sh": "the perf tier"}
 
 
 def load(name):
@@ -96,7 +96,7 @@ def test_tox_envs_and_the_scripts_they_call():
 def test_nightly_script_calls_existing_fluxperf_commands():
     from fluxperf.cli import build_parser
 
-    text = (ROOT / "scripts" / "nightly.sh").read_text()
+    text = (ROOT / "scripts" / "tiers" / "nightly.sh").read_text()
     calls = set(re.findall(r"^\s*(?:\[.*\]\s*&&\s*)?fluxperf ((?:history|nightly) \w+|explain)\b", text, re.M))
     assert {"nightly install", "history append", "history confirm", "history plot", "history changepoints",
             "nightly summary", "explain"} <= calls
@@ -108,7 +108,7 @@ def test_nightly_script_calls_existing_fluxperf_commands():
 
 
 def test_scripts_are_valid_bash():
-    for script in ["scripts/nightly.sh", ".ci/run"]:
+    for script in ["scripts/tiers/nightly.sh", ".ci/run"]:
         done = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
 

@@ -26,7 +26,7 @@ from fluxperf.errors import BaselineError
 FORMAT = validate.FORMAT
 BASELINE_NAME = "0001_baseline.json"  # pytest-benchmark's compare glob is NNNN_*.json
 ROOT_ENV = "FLUXPERF_BASELINES"
-CREATE_COMMAND = "scripts/perf-tier.sh all --baseline"
+CREATE_COMMAND = "scripts/tiers/perf-tier.sh all --baseline"
 
 
 def default_root() -> Path:
@@ -40,7 +40,7 @@ def baseline_path(slug: str, root: str | Path | None = None) -> Path:
 
 def create_command(group: str | None = None) -> str:
     """The command that records a baseline for this GPU (one group or all)."""
-    return f"scripts/perf-tier.sh {group or 'all'} --baseline"
+    return f"scripts/tiers/perf-tier.sh {group or 'all'} --baseline"
 
 
 def detect_gpu():

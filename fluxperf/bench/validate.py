@@ -19,7 +19,7 @@ Example:
     >>> number(True, "b.json", "k", lo=0, hi=1)
     Traceback (most recent call last):
     ...
-    fluxperf.errors.BaselineError: b.json: k = True is not a number (a boolean). Fix: restore the file from git or recreate it (scripts/perf-tier.sh GROUP --baseline).
+    fluxperf.errors.BaselineError: b.json: k = True is not a number (a boolean). Fix: restore the file from git or recreate it (scripts/tiers/perf-tier.sh GROUP --baseline).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ FORMAT = 1
 TIME_MIN = 0.001
 SAMPLE_MAX_S = 86400.0  # one round longer than a day is no measurement (and 1e308 s overflows to inf in ms)
 CALIBRATION_MAX_MS = 3.6e6  # an hour per calibration kernel: far beyond any GPU (1e308 overflows the speed factor)
-DEFAULT_FIX = "restore the file from git or recreate it (scripts/perf-tier.sh GROUP --baseline)"
+DEFAULT_FIX = "restore the file from git or recreate it (scripts/tiers/perf-tier.sh GROUP --baseline)"
 EXACT_PROXY_KEYS = ("kernels_per_step", "graph_breaks", "recompiles", "unique_graphs", "cached_steps")
 # fields compare.py does arithmetic on: numbers, never strings, lists or objects
 NUMERIC_EXTRA = {"proxies": (*EXACT_PROXY_KEYS, "peak_mem_gib"), "metrics": ("compile_cold_s", "compile_warm_s")}

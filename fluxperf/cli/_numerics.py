@@ -3,7 +3,7 @@
     fluxperf baseline numerics MEASURED.json [MORE.json ...] --gpu "NVIDIA H200"      one GPU's thresholds
     fluxperf baseline numerics H100.json H200.json --family sm90                      an architecture family's
 
-MEASURED.json is the tier's $OUT/numerics-measured.json (scripts/gpu-tier.sh). Several files: per rung the worst
+MEASURED.json is the tier's $OUT/numerics-measured.json (scripts/tiers/gpu-tier.sh). Several files: per rung the worst
 value of all (lowest PSNR, largest relative error). PSNR minimum = measured - margin (dB); relative-error maximum =
 measured x factor (floor 1e-3). The file is replaced atomically; git shows the change for review.
 """
@@ -17,7 +17,7 @@ from datetime import date
 
 def register_numerics(verbs, root_arg) -> None:
     p = verbs.add_parser("numerics", help="derive numerics.json thresholds from measured tier runs")
-    p.add_argument("measured", nargs="+", help="numerics-measured.json file(s) written by scripts/gpu-tier.sh")
+    p.add_argument("measured", nargs="+", help="numerics-measured.json file(s) written by scripts/tiers/gpu-tier.sh")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--gpu", type=_gpu_name, help="GPU name as torch reports it, e.g. 'NVIDIA H200' -> baselines/nvidia-h200/")
     who.add_argument("--family", help="architecture family, e.g. sm90 -> baselines/sm90/ (every Hopper GPU)")

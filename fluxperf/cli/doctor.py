@@ -168,5 +168,5 @@ def aoti_item(timeout_s: float = AOTI_BUILD_TIMEOUT_S) -> Item:
     if all(d.ok for d in decisions):
         return Item("aoti", OK, f"packages carry their own libstdc++; the preload is set ({preload})", facts)
     return Item("aoti", FAIL, f"packages carry their own libstdc++ and the preload is missing: loading one would "
-                              f"segfault. Fix: {al.fix_line(lib)} python3 ...  (or source scripts/device-env.sh)",
+                              f"segfault. Fix: {al.fix_line(lib)} python3 ...  (or source scripts/tiers/device-env.sh)",
                 facts)

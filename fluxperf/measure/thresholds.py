@@ -53,7 +53,7 @@ class Thresholds:
     def rung(self, name: str) -> RungThreshold:
         if name not in self.rungs:
             raise BaselineError(f"no numerics thresholds for rung {name!r} in {self.source} (have "
-                                f"{sorted(self.rungs)}). Fix: measure it (scripts/gpu-tier.sh writes "
+                                f"{sorted(self.rungs)}). Fix: measure it (scripts/tiers/gpu-tier.sh writes "
                                 "numerics-measured.json) and add it: fluxperf baseline numerics MEASURED.json --gpu SLUG")
         return self.rungs[name]
 
@@ -177,7 +177,7 @@ def lookup(root: str | Path, gpu_name: str, family: str | None) -> Thresholds:
     raise BaselineError(
         f"no numerics thresholds for GPU {gpu_name!r}: neither {exact} nor "
         f"{fam or '(unknown architecture family)'} exists. Fix: run the tier once to measure "
-        f"(scripts/gpu-tier.sh writes $OUT/numerics-measured.json), then `fluxperf baseline numerics "
+        f"(scripts/tiers/gpu-tier.sh writes $OUT/numerics-measured.json), then `fluxperf baseline numerics "
         f"numerics-measured.json --gpu {gpu_slug(gpu_name)}` (or --family {family or 'smXY'}).")
 
 
@@ -198,7 +198,7 @@ def worst_of(measurements: list[dict[str, dict]]) -> dict[str, dict]:
     return out
 
 
-MEASURED_FIX = "pass the numerics-measured.json of a complete GPU tier run (scripts/gpu-tier.sh writes it to $OUT)"
+MEASURED_FIX = "pass the numerics-measured.json of a complete GPU tier run (scripts/tiers/gpu-tier.sh writes it to $OUT)"
 
 
 def check_measured(measured, source) -> dict[str, dict]:

@@ -1,16 +1,16 @@
-"""torch.export + AOTInductor round trips on a GPU, each in its own subprocess (scripts/diag_export.py stages).
+"""torch.export + AOTInductor round trips on a GPU, each in its own subprocess (scripts/probes/diag_export.py stages).
 
 An AOTInductor package is native code loaded into the process: when it crashes (segfault in a load, a constant
 update or a CUDA-graph capture), it takes the whole interpreter with it. So every round trip here runs as one
-stage of scripts/diag_export.py in a fresh `python -X faulthandler` process; a crash fails that one test with the
+stage of scripts/probes/diag_export.py in a fresh `python -X faulthandler` process; a crash fails that one test with the
 signal, the last step reached and the stage's output, and the rest of the tier keeps running.
 
 Stages run with the system libstdc++ preloaded (diag_export.stage_env_vars -> fluxperf.steps.export.loader.preload_env),
-as scripts/device-env.sh does for the whole tier; one test runs a stage without it and requires a clear refusal
+as scripts/tiers/device-env.sh does for the whole tier; one test runs a stage without it and requires a clear refusal
 or a working load, never a crash.
 
 Run: pytest -m gpu tests/gpu/test_export_gpu.py      (about 3 minutes: small AOTI builds of tiny modules)
-Diagnose a crash: python scripts/diag_export.py      (all stages, JSON summary in $OUT)
+Diagnose a crash: python scripts/probes/diag_export.py      (all stages, JSON summary in $OUT)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="AOTInductor export needs a CUDA GPU; run `pytest -m gpu` on the H100"),
 ]
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "diag_export.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probes" / "diag_export.py"
 # fp32 tiny model, TF32 off in the stages: the package runs Inductor's kernels, eager runs ATen's; measured on CPU
 # AOTI: 1.8e-5 max abs on O(1) outputs. 1e-4 relative still catches wrong weights, input order or a stale graph
 # (errors of order 1). Pipeline: 2 denoising steps compound the per-step error.

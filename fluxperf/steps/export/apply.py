@@ -16,7 +16,7 @@ else "user"):
           buffer (twice the weight memory; nothing is shared with the live module).
   "so":   weights packaged in the .so at build time (AOTInductor's default path, no load_constants at all); the
           cache key then includes a fingerprint of the weights. The fallback if the constant-loading path fails
-          (scripts/diag_export.py tells which path works on a machine).
+          (scripts/probes/diag_export.py tells which path works on a machine).
 
 Example (on a CUDA machine):
     >>> from fluxperf.model.shapes import ShapeSpec            # doctest: +SKIP

@@ -198,7 +198,7 @@ def _refusal(where: str, check: WrapperCheck, state: ProcessState, system_lib: s
             f"in its global symbol scope (LD_PRELOAD={os.environ.get('LD_PRELOAD', '') or 'unset'}), so loading it "
             "would segfault in std::regex/locale code (torch::aot_inductor::parse_device_str). Fix: start Python "
             f"with the system libstdc++ preloaded: `{fix_line(lib)} python3 ...` (or `export {fix_line(lib)}` in the "
-            f"shell that starts Python, or `source scripts/device-env.sh`){install}. It cannot be set from inside "
+            f"shell that starts Python, or `source scripts/tiers/device-env.sh`){install}. It cannot be set from inside "
             "a running process.")
 
 

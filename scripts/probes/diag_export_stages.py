@@ -1,4 +1,4 @@
-"""The stages of scripts/diag_export.py: each runs in its own subprocess (see that script's docstring).
+"""The stages of scripts/probes/diag_export.py: each runs in its own subprocess (see that script's docstring).
 
 Every stage takes a Ctx (the child's arguments), prints `STEP <name>` before each risky call (the parent reports
 the last one reached when the process dies) and returns a JSON-able dict whose "problems" list is empty when the

@@ -3,7 +3,7 @@
 # the baseline, append the records to the history, draw trend plots, find change points, confirm regressions,
 # explain them per kernel, and write the markdown summary. Everything lands under one output directory.
 #
-# Usage: scripts/nightly.sh [--allow-installed] [--skip-install] [--index-url URL] [--torch-version V]
+# Usage: scripts/tiers/nightly.sh [--allow-installed] [--skip-install] [--index-url URL] [--torch-version V]
 #                           [--date YYYY-MM-DD] [--group GROUP] [--out DIR]
 #   --allow-installed   when the nightly index cannot be reached, run against the torch already installed
 #                       (also NIGHTLY_ALLOW_INSTALLED=1); without it an unreachable index exits 2.
@@ -16,7 +16,7 @@
 #   FLUXPERF_HISTORY         the history file; keep it on persistent storage on a runner (default $OUT/history.jsonl)
 #   FLUXPERF_BASELINES       baselines root (default baselines)
 #   NIGHTLY_PERF_GROUP       perf-tier group (default all)
-#   NIGHTLY_GPU_TIER / NIGHTLY_PERF_TIER   the tier commands (default scripts/gpu-tier.sh / scripts/perf-tier.sh)
+#   NIGHTLY_GPU_TIER / NIGHTLY_PERF_TIER   the tier commands (default scripts/tiers/gpu-tier.sh / scripts/tiers/perf-tier.sh)
 #   NIGHTLY_BUNDLE=1         pack all outputs into $OUT/nightly.tar.gz (for the device tool: few files come back)
 # Exit status: 0 nothing to report (an unconfirmed single bad night included), 1 numerics tier failed (also when
 #   it ran no test: its exit 14), 2 nightly install impossible (and --allow-installed not given), 3 nightly install
@@ -54,9 +54,9 @@ HISTORY=${FLUXPERF_HISTORY:-$OUT_DIR/history.jsonl}
 export FLUXPERF_HISTORY=$HISTORY FLUXPERF_TORCH_INDEX=$INDEX PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 "$PY" -c 'import fluxperf' 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # not pip-installed
-source scripts/aoti-preload.sh  # AOTInductor packages that carry their own libstdc++ (../shared/DEVICE.md)
-GPU_TIER=${NIGHTLY_GPU_TIER:-scripts/gpu-tier.sh}
-PERF_TIER=${NIGHTLY_PERF_TIER:-scripts/perf-tier.sh}
+source scripts/tiers/aoti-preload.sh  # AOTInductor packages that carry their own libstdc++ (../shared/DEVICE.md)
+GPU_TIER=${NIGHTLY_GPU_TIER:-scripts/tiers/gpu-tier.sh}
+PERF_TIER=${NIGHTLY_PERF_TIER:-scripts/tiers/perf-tier.sh}
 NOTES=()
 log() { echo "[nightly] $*" | tee -a "$OUT_DIR/nightly.log"; }
 fluxperf() { "$PY" -m fluxperf "$@"; }
@@ -98,7 +98,7 @@ RC_NUM=${PIPESTATUS[0]}
 log "numerics tier exit $RC_NUM"
 
 # -- 3. perf tier (+ one confirming re-run with kernel tables when anything is flagged) -------------------
-# scripts/perf-tier.sh GROUP --compare [-- PYTEST_ARGS]: exit 0 pass, 10 regression, 11 inconclusive, 12 baseline
+# scripts/tiers/perf-tier.sh GROUP --compare [-- PYTEST_ARGS]: exit 0 pass, 10 regression, 11 inconclusive, 12 baseline
 # error; it packs every group's benchmark JSON into $OUT/perf-GROUP.tar.gz.
 run_perf() {  # $1 = attempt number; further args go to pytest (after the tier's `--`)
   local attempt=$1; shift

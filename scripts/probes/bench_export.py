@@ -12,7 +12,7 @@ Results go to --out as JSON (atomic write). Exit status 1 if any relative error 
 is not a cache hit; 2 if the GPU/stack is unavailable.
 
 Run (H100, about 4-6 minutes cold):
-    python scripts/bench_export.py --cache-dir /tmp/aoti --out $OUT/export.json [--second 768x1360] [--vae]
+    python scripts/probes/bench_export.py --cache-dir /tmp/aoti --out $OUT/export.json [--second 768x1360] [--vae]
 """
 
 from __future__ import annotations

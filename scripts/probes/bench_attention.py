@@ -9,8 +9,8 @@ warm-up excluded, median (and p10/p90) of --reps calls. Error: relative L2 vs SD
 A method that fails is recorded with its error and makes the script exit 1 (after the JSON is written).
 
 Run on the H100 (about 20 s):
-    python scripts/bench_attention.py            # writes $OUT/attention.json
-    python scripts/bench_attention.py --out results/attention.json --reps 50
+    python scripts/probes/bench_attention.py            # writes $OUT/attention.json
+    python scripts/probes/bench_attention.py --out results/attention.json --reps 50
 """
 
 import argparse
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 from fluxperf.io import atomic_write_json  # noqa: E402  (after the path line: works from an uninstalled checkout)
 
 HEADS, HEAD_DIM = 24, 128

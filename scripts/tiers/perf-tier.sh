@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the GPU perf tier (perf/), one group or all, and optionally compare with or create the baseline.
 #
-#   scripts/perf-tier.sh GROUP|all [--compare] [--baseline] [--repeat N] [-- PYTEST_ARGS...]
+#   scripts/tiers/perf-tier.sh GROUP|all [--compare] [--baseline] [--repeat N] [-- PYTEST_ARGS...]
 #
 #   GROUP       base | compile | attention | float8 | flags | export | e2e_compile | e2e_full | dev_cache |
 #               kontext | all   (fluxperf.bench.pytest_plugin.GROUPS is the list)
@@ -15,11 +15,11 @@
 #   perf-<name>.log  full log     <name>.json  last benchmark JSON     report.md  current vs baseline table
 #   perf-<name>.tar.gz  every JSON, JUnit XML, report (md/csv/png) and, with --baseline, baselines/<slug>/
 # Without $OUT they stay in fluxperf-out/perf-<name>-<time>/.
-# Carried wheels in .whl/ (see docs: DEVICE.md) are installed into /tmp/site first (scripts/device-env.sh, which also
+# Carried wheels in .whl/ (see docs: DEVICE.md) are installed into /tmp/site first (scripts/tiers/device-env.sh, which also
 # preloads the system libstdc++ for AOTInductor packages).
 set -uo pipefail
 
-cd "$(dirname "$0")/.." || exit 2
+cd "$(dirname "$0")/../.." || exit 2
 GROUPS_ALL=$(PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 -c \
   "from fluxperf.bench.pytest_plugin import GROUPS; print(' '.join(GROUPS))") \
   || { echo "perf-tier: cannot read the group list from fluxperf.bench.pytest_plugin.GROUPS" >&2; exit 2; }
@@ -47,7 +47,7 @@ done
 # carried wheels, PYTHONPATH and the libstdc++ preload as every device script; device-env.sh also defaults OUT,
 # but here an unset OUT means "keep results in fluxperf-out/perf-<name>-<time>/", so it is restored
 [ -n "${OUT+set}" ] && OUT_GIVEN=1 || OUT_GIVEN=0
-source scripts/device-env.sh || { echo "perf-tier: scripts/device-env.sh failed" >&2; exit 2; }
+source scripts/tiers/device-env.sh || { echo "perf-tier: scripts/tiers/device-env.sh failed" >&2; exit 2; }
 [ "$OUT_GIVEN" = 1 ] || unset OUT
 
 STAMP="$(date -u +%Y%m%dT%H%M%S)"
@@ -58,7 +58,7 @@ LOG="$WORK/perf-$NAME.log"
 log() { echo "$*" | tee -a "$LOG"; }
 
 log "perf tier: groups [$SELECTED] repeat=$REPEAT compare=$COMPARE baseline=$BASELINE slowdown=${FLUXPERF_INJECT_SLOWDOWN:-none}"
-log "perf tier: LD_PRELOAD=${LD_PRELOAD:-unset} (AOTInductor packages; scripts/aoti-preload.sh)"
+log "perf tier: LD_PRELOAD=${LD_PRELOAD:-unset} (AOTInductor packages; scripts/tiers/aoti-preload.sh)"
 python3 - <<'EOF' 2>&1 | tee -a "$LOG"
 import torch; from fluxperf.env import versions
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)

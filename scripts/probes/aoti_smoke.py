@@ -5,7 +5,7 @@ Before loading, the package's wrapper.so is inspected (fluxperf.steps.export.loa
 the system one is not preloaded, the load is refused with the LD_PRELOAD fix instead of crashing. `--raw` loads
 with torch._inductor.aoti_load_package directly (to reproduce the crash, e.g. under cuda-gdb).
 
-Usage: python3 scripts/aoti_smoke.py [--device cuda|cpu] [--raw] [--import-torchao] [--import-diffusers]
+Usage: python3 scripts/probes/aoti_smoke.py [--device cuda|cpu] [--raw] [--import-torchao] [--import-diffusers]
 """
 
 import argparse
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> int:

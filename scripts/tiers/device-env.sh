@@ -1,7 +1,7 @@
 # Source this at the start of a device (or self-hosted runner) command: installs carried wheels from .whl/
 # (see ../shared/DEVICE.md) into /tmp/site without network, puts the repo on PYTHONPATH, and preloads the system
-# libstdc++ for AOTInductor packages (scripts/aoti-preload.sh). Sets OUT (default ./fluxperf-out) and creates it.
-# Usage: source scripts/device-env.sh
+# libstdc++ for AOTInductor packages (scripts/tiers/aoti-preload.sh). Sets OUT (default ./fluxperf-out) and creates it.
+# Usage: source scripts/tiers/device-env.sh
 if compgen -G ".whl/*.whl" > /dev/null; then
   # Install once per machine: a stamp holds the wheel listing, so chained scripts do not reinstall.
   stamp=/tmp/site/.fluxperf-wheels

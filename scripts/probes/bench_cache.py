@@ -25,7 +25,7 @@ False for FBC (its head-block hook graph-breaks). Inductor's on-disk FX-graph ca
 block graphs cheap, so only the first configuration pays the full ~20 s.
 
 Run (H100, wheels installed as in DEVICE.md):
-    python scripts/bench_cache.py --out $OUT/cache.json
+    python scripts/probes/bench_cache.py --out $OUT/cache.json
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # GPU numerics tier, as one command (device tool or self-hosted runner):
-#   bash scripts/gpu-tier.sh [extra pytest args]          e.g.  -k "float8"
+#   bash scripts/tiers/gpu-tier.sh [extra pytest args]          e.g.  -k "float8"
 # Installs carried wheels from .whl/ if present, prints the environment fingerprint, runs `pytest -m gpu` without
 # the benchmarks, and writes JUnit XML, the log and measured numerics to $OUT (default ./fluxperf-out).
 # FLUXPERF_NUMERICS_RECORD is implied: numerics-measured.json is always written (thresholds are derived from it).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source scripts/device-env.sh || exit 1
+cd "$(dirname "$0")/../.."
+source scripts/tiers/device-env.sh || exit 1
 start=$(date +%s)
-echo "gpu-tier: LD_PRELOAD=${LD_PRELOAD:-unset} (AOTInductor packages; scripts/aoti-preload.sh)" | tee "$OUT/gpu-tier.log"
+echo "gpu-tier: LD_PRELOAD=${LD_PRELOAD:-unset} (AOTInductor packages; scripts/tiers/aoti-preload.sh)" | tee "$OUT/gpu-tier.log"
 python3 - <<'PY' 2>&1 | tee "$OUT/gpu-tier-fingerprint.json"
 import json
 from fluxperf.env import fingerprint

@@ -22,9 +22,9 @@ a package that needs it is then refused with LibstdcxxPreloadError instead of cr
 Stages run in three waves (linear+env, FLUX builds, cache-hit stages) within a time budget (default 200 s, +30 s for gdb).
 If a stage died of a signal and gdb exists, that stage is re-run once under gdb for a native backtrace.
 
-Run on the GPU machine:   source scripts/device-env.sh; python3 scripts/diag_export.py
+Run on the GPU machine:   source scripts/tiers/device-env.sh; python3 scripts/probes/diag_export.py
 Writes $OUT/diag_export.json (summary, tails) and $OUT/diag_export.log (all output); prints a final table.
-One stage by hand:        python3 scripts/diag_export.py --stage linear_user --work /tmp/diag   (CPU: --device cpu)
+One stage by hand:        python3 scripts/probes/diag_export.py --stage linear_user --work /tmp/diag   (CPU: --device cpu)
 The GPU tests (tests/gpu/test_export_gpu.py) run stages through `--stage ... --json` the same way.
 """
 
@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WAVES = [["env", "linear_so", "linear_user", "linear_copy", "linear_so_graph", "linear_user_graph"],
          ["flux_fp32", "flux_bf16", "vae", "flux_so_graph"],
          ["flux_fp32_graph", "pipeline", "weights_replaced"]]

@@ -1,4 +1,4 @@
-# Sourced, not run (scripts/device-env.sh sources it; any other script may: `source scripts/aoti-preload.sh`).
+# Sourced, not run (scripts/tiers/device-env.sh sources it; any other script may: `source scripts/tiers/aoti-preload.sh`).
 # Preloads the system libstdc++ so that AOTInductor packages whose wrapper.so carries its own copy of libstdc++
 # load instead of segfaulting in std::regex (../shared/DEVICE.md; fluxperf/steps/export/loader.py refuses such a load
 # without it). LD_PRELOAD only works when set before Python starts, hence in the shell. Nothing is changed when a
