@@ -159,6 +159,19 @@ def recipe_marks(name_or_recipe, *, check: bool = False) -> tuple[list, str | No
     return [getattr(pytest.mark, name) for name in names], reason
 
 
+class FastMachineInfo:
+    """pytester plugin: skip py-cpuinfo (slow) in pytest-benchmark's machine info."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_benchmark_generate_machine_info(self):
+        return {"node": "test", "machine": "x86_64"}
+
+
+def run_in_process(pytester, *args):
+    """An in-process pytest run for plugin tests (no cache provider, fast machine info)."""
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *args, plugins=[FastMachineInfo()])
+
+
 # Every conftest.py outside a package is imported as "conftest", and pytest drops the previous one from sys.modules
 # before it loads the next (perf/, tests/gpu/): `import conftest` in a test module gets whichever came last. This
 # name stays this file's.

@@ -9,6 +9,7 @@ import pandas  # noqa: F401
 import pytest
 import scipy.stats  # noqa: F401
 import torch  # noqa: F401  (same reason: a C extension must not be imported twice in one process)
+from root_conftest import run_in_process
 
 from fluxperf.bench import (
     EXIT_BASELINE_ERROR,
@@ -37,14 +38,6 @@ def test_step(benchmark, request):
 """
 
 
-class FastMachineInfo:
-    """Skip py-cpuinfo (slow) in pytest-benchmark's machine info."""
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_benchmark_generate_machine_info(self):
-        return {"node": "test", "machine": "x86_64"}
-
-
 @pytest.fixture
 def project(pytester, monkeypatch):
     monkeypatch.setenv("FLUXPERF_GPU_NAME", H100)
@@ -55,8 +48,7 @@ def project(pytester, monkeypatch):
     return pytester
 
 
-def run(pytester, *args):
-    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *args, plugins=[FastMachineInfo()])
+run = run_in_process  # root conftest: no cache provider, fast machine info
 
 
 def store_baseline(pytester, samples, gpu=H100, slug=SLUG):
@@ -251,3 +243,17 @@ def test_non_finite_or_boolean_baseline_sample_is_a_baseline_error(project, samp
     result = run(project, "--benchmark-compare")
     assert result.ret == EXIT_BASELINE_ERROR
     assert "stats.data[0]" in result.stdout.str() + result.stderr.str()
+
+
+def test_a_plotting_failure_in_the_report_keeps_the_verdict(project, monkeypatch):
+    """Not only OSError: anything the table/plot libraries raise is reported, never an INTERNALERROR (exit 3)."""
+    store_baseline(project, noisy(0.131, 20, seed=1))
+    monkeypatch.setenv("FAKE_SAMPLES", json.dumps([x * 1.05 for x in noisy(0.131, 20, seed=5)]))
+
+    def broken_plot(*args, **kwargs):
+        raise ValueError("Single argument to subplot must be a three-digit integer")
+
+    monkeypatch.setattr("fluxperf.bench.report.ladder_png", broken_plot)
+    result = run(project, "--benchmark-compare", "--fluxperf-report", "rep")
+    assert result.ret == EXIT_REGRESSION
+    result.stdout.fnmatch_lines(["fluxperf outcome: REGRESSION*", "report not written to rep: ValueError: Single*"])

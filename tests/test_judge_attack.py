@@ -18,6 +18,7 @@ import pandas  # noqa: F401
 import pytest
 import scipy.stats  # noqa: F401
 import torch  # noqa: F401  (same reason: a C extension must not be imported twice in one process)
+from root_conftest import run_in_process
 
 from fluxperf.bench import EXIT_BASELINE_ERROR, EXIT_NOT_MEASURED
 from fluxperf.bench import baseline_update as bu
@@ -288,14 +289,6 @@ def test_step(benchmark, request):
 NODE = "test_step.py::test_step"
 
 
-class FastMachineInfo:
-    """Skip py-cpuinfo (slow) in pytest-benchmark's machine info."""
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_benchmark_generate_machine_info(self):
-        return {"node": "test", "machine": "x86_64"}
-
-
 @pytest.fixture
 def project(pytester, monkeypatch):
     monkeypatch.setenv("FLUXPERF_GPU_NAME", H100)
@@ -310,8 +303,7 @@ def project(pytester, monkeypatch):
     return pytester
 
 
-def run_pytest(pytester, *args):
-    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *args, plugins=[FastMachineInfo()])
+run_pytest = run_in_process  # root conftest: no cache provider, fast machine info
 
 
 def test_compare_fail_never_turns_nothing_measured_into_exit_0(project):

@@ -284,8 +284,9 @@ def pytest_sessionfinish(session, exitstatus):
     if state.report_dir:
         try:
             state.report_paths = _write_reports(session.config, state)
-        except OSError as exc:  # printed after the verdict; the verdict's status stands
-            state.report_error = f"report not written to {state.report_dir}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - reported (status 15 on a pass), never allowed to eat the verdict
+            # OSError (read-only dir) or anything the table/plot libraries raise: the verdict's status stands
+            state.report_error = f"report not written to {state.report_dir}: {type(exc).__name__}: {exc}"
             if session.exitstatus == 0:
                 session.exitstatus = EXIT_REPORT_ERROR
 

@@ -158,8 +158,8 @@ def _report(out_dir: str, benches: list[dict], base: dict | None, verdict) -> in
     table = build_table(benches, benchmarks_by_name(base) if base else None, {c.name: c for c in verdict.comparisons})
     try:
         paths = write_reports(table, out_dir, verdict=verdict)
-    except OSError as exc:
-        print(f"error: report not written to {out_dir}: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - reported, and the verdict's status stands (15 on a pass)
+        print(f"error: report not written to {out_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return verdict.exit_status or EXIT_REPORT_ERROR
     for kind, p in paths.items():
         print(f"report ({kind}): {p}")
