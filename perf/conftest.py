@@ -22,6 +22,9 @@ STEPS = 4
 PROMPT = "a photo of a red car in the city at night, cinematic lighting"
 STEP_ROUNDS, VAE_ROUNDS, E2E_ROUNDS = 20, 20, 10  # >= 7 so Mann-Whitney can reach p < 0.002
 IMAGE_ROUNDS = 8  # 28-step images: dev ~3.9 s, Kontext ~2x; 8 rounds keep each perf group under 9 minutes
+# A directory where the export rung keeps its AOTInductor packages (and the inductor cache of their build) between
+# runs; scripts/tiers/perf-tier.sh sets it. Unset or empty: the export rung builds cold in the fresh cache.
+EXPORT_PACKAGES_ENV = "FLUXPERF_EXPORT_PACKAGES"
 
 
 def require_rung(name_or_recipe):
@@ -67,12 +70,12 @@ class PerfRunner:
         import torch
 
         from fluxperf.bench.flops import step_flops
-        from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
+        from fluxperf.bench.harness import Bench, timed_call
         from fluxperf.model.configs import dims_of_pipeline
         from fluxperf.model.shapes import transformer_inputs
 
         recipe = require_rung(rung_name)
-        with fresh_compile_cache(), self._prepared(recipe, text_encoders=False, spec=spec) as (run, dyn0, info):
+        with _compile_cache(recipe), self._prepared(recipe, text_encoders=False, spec=spec) as (run, dyn0, info):
             inputs = transformer_inputs(spec, dims_of_pipeline(run.pipe), device="cuda", dtype=torch.bfloat16)
             transformer = run.pipe.transformer
 
@@ -81,6 +84,8 @@ class PerfRunner:
                     return transformer(**inputs)
 
             first = timed_call(step)
+            if _reused_packages(run.stack):  # loading a stored package is not a cold build: no compile_cold_s
+                first = None
             return Bench(self.request, self.benchmark).run(
                 step, rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(spec).total, first_call_s=first,
                 setup_s=run.setup_s, warm_compile=_warm_compile(step) if recipe.compile.enabled else None,
@@ -171,8 +176,10 @@ class PerfRunner:
         from fluxperf.bench.slowdown import install_slowdown, slowdown_fraction
         from fluxperf.measure.runner import prepared
 
-        if recipe.export.enabled:  # packages inside the fresh inductor cache dir: cold, and deleted afterwards
-            recipe = recipe.replace(export={"cache_dir": os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "aoti")})
+        if recipe.export.enabled:  # kept packages (see EXPORT_PACKAGES_ENV), or cold in the fresh inductor cache dir
+            kept = os.environ.get(EXPORT_PACKAGES_ENV)
+            aoti = os.path.join(kept, "aoti") if kept else os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "aoti")
+            recipe = recipe.replace(export={"cache_dir": aoti})
         fraction = slowdown_fraction() if slowdown else None
         dyn0 = {}
 
@@ -198,6 +205,26 @@ class PerfRunner:
             raise
         finally:
             free_gpu()
+
+
+def _compile_cache(recipe):
+    """The inductor cache of one benchmark: fresh (a cold compile, deleted after), except for the export rung with
+    kept packages, whose build cache lives next to them (a build stopped by a time limit resumes)."""
+    from fluxperf.bench.harness import fresh_compile_cache, kept_compile_cache
+
+    kept = os.environ.get(EXPORT_PACKAGES_ENV)
+    if recipe.export.enabled and kept:
+        return kept_compile_cache(os.path.join(kept, "inductor"))
+    return fresh_compile_cache()
+
+
+def _reused_packages(stack) -> bool:
+    """Whether the export stage loaded every package from the cache (its AppliedStack step says "hit")."""
+    for step in stack.steps:
+        if step.name == "export":
+            caches = step.details.get("cache") or {}
+            return bool(caches) and all(v == "hit" for v in caches.values())
+    return False
 
 
 def _warm_compile(fn):

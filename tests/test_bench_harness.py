@@ -96,3 +96,20 @@ def test_cache_benchmarks_store_cached_steps_instead_of_a_kernel_count(setup):
                                               extra_proxies={"cached_steps": 6})
     assert extra["proxies"] == {"peak_mem_gib": 30.5, "recompiles": 0, "graph_breaks": 0, "unique_graphs": 0,
                                 "cached_steps": 6}
+
+
+def test_kept_compile_cache_points_inductor_at_the_directory_and_restores(tmp_path, monkeypatch):
+    """The export rung's kept build cache: the env points at the directory inside, the previous values come back
+    after (also after an error), and the directory stays for the next run to resume from."""
+    import os
+
+    from fluxperf.bench.harness import kept_compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/before")
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    with pytest.raises(RuntimeError), kept_compile_cache(tmp_path / "inductor") as d:
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(d) == str(tmp_path / "inductor")
+        assert os.environ["TRITON_CACHE_DIR"] == str(d / "triton")
+        raise RuntimeError("build stopped")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/before" and "TRITON_CACHE_DIR" not in os.environ
+    assert (tmp_path / "inductor").is_dir()

@@ -252,3 +252,25 @@ def test_processor_source_is_in_the_key(tmp_path):
     assert any(f.endswith("fluxperf/steps/attention/processor.py") for f in before)  # fluxperf's traced code
     pipe.transformer.set_attn_processor(mod.UserProcessor())
     assert str(tmp_path / "fluxperf_test_user_proc.py") in traced_source_files(pipe.transformer)
+
+
+def test_module_fingerprint_sees_forward_hooks():
+    """A hook changes what torch.export traces (the perf tier's injected slowdown hooks every block): a package
+    exported without it must be a cache miss with it, and a hook with other captured sizes a miss again."""
+    import torch
+
+    from fluxperf.bench.slowdown import install_slowdown
+
+    pipe = build_pipeline("schnell", "tiny", text_encoders=False)
+    plain = ec.module_fingerprint(pipe.transformer)
+    spec = ShapeSpec("schnell", 64, 64, text_len=16)
+    handles = install_slowdown(pipe.transformer.to(torch.bfloat16), 0.05, spec)
+    hooked = ec.module_fingerprint(pipe.transformer)
+    assert hooked["hooks"] != plain["hooks"]
+    for h in handles:
+        h.remove()
+    handles = install_slowdown(pipe.transformer, 0.5, spec)
+    assert ec.module_fingerprint(pipe.transformer)["hooks"] not in (plain["hooks"], hooked["hooks"])
+    for h in handles:
+        h.remove()
+    assert ec.module_fingerprint(pipe.transformer)["hooks"] == plain["hooks"]

@@ -18,8 +18,10 @@ Everything heavy is imported inside functions.
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
+from pathlib import Path
 
 from fluxperf.bench import calibration as cal
 from fluxperf.bench.monitor import GpuMonitor
@@ -64,6 +66,33 @@ def fresh_compile_cache():
     with fresh():
         yield
     torch._dynamo.reset()
+
+
+@contextlib.contextmanager
+def kept_compile_cache(directory: str | os.PathLike):
+    """TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR pointed at `directory` (created, kept afterwards) for the block:
+    a build stopped part-way (a device command's time limit) resumes from the kernels it already tuned. In-memory
+    dynamo state is cleared before and after, compile workers restarted; the previous environment is restored."""
+    import torch
+    from torch._inductor import async_compile
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    torch._dynamo.reset()
+    getattr(async_compile, "shutdown_compile_workers", lambda: None)()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
+    try:
+        yield directory
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        torch._dynamo.reset()
+        getattr(async_compile, "shutdown_compile_workers", lambda: None)()
 
 
 def dynamo_counts() -> dict:

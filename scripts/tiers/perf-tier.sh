@@ -15,6 +15,11 @@
 #   perf-<name>.log  full log     <name>.json  last benchmark JSON     report.md  current vs baseline table
 #   perf-<name>.tar.gz  every JSON, JUnit XML, report (md/csv/png) and, with --baseline, baselines/<slug>/
 # Without $OUT they stay in fluxperf-out/perf-<name>-<time>/.
+# The export rung keeps its AOTInductor packages (and their build's inductor cache) in $FLUXPERF_EXPORT_PACKAGES,
+# default fluxperf-out/export-packages: the first run on a machine builds them cold (compile_cold_s recorded), later
+# runs load them (no compile_cold_s; the package's build_s is in the AppliedStack). The package key covers torch,
+# GPU, shapes, recipe and the traced code, so a stale package is never reused. FLUXPERF_EXPORT_PACKAGES= (empty)
+# builds cold every time.
 # Carried wheels in .whl/ (see docs: DEVICE.md) are installed into /tmp/site first (scripts/tiers/device-env.sh, which also
 # preloads the system libstdc++ for AOTInductor packages).
 set -uo pipefail
@@ -50,6 +55,8 @@ done
 source scripts/tiers/device-env.sh || { echo "perf-tier: scripts/tiers/device-env.sh failed" >&2; exit 2; }
 [ "$OUT_GIVEN" = 1 ] || unset OUT
 
+export FLUXPERF_EXPORT_PACKAGES="${FLUXPERF_EXPORT_PACKAGES-$PWD/fluxperf-out/export-packages}"
+
 STAMP="$(date -u +%Y%m%dT%H%M%S)"
 if [ -n "${OUT:-}" ]; then WORK="$(mktemp -d)"; else WORK="fluxperf-out/perf-$NAME-$STAMP"; fi
 mkdir -p "$WORK"
@@ -59,6 +66,7 @@ log() { echo "$*" | tee -a "$LOG"; }
 
 log "perf tier: groups [$SELECTED] repeat=$REPEAT compare=$COMPARE baseline=$BASELINE slowdown=${FLUXPERF_INJECT_SLOWDOWN:-none}"
 log "perf tier: LD_PRELOAD=${LD_PRELOAD:-unset} (AOTInductor packages; scripts/tiers/aoti-preload.sh)"
+log "perf tier: export packages kept in ${FLUXPERF_EXPORT_PACKAGES:-(none: cold build)}"
 python3 - <<'EOF' 2>&1 | tee -a "$LOG"
 import torch; from fluxperf.env import versions
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)

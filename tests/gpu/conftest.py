@@ -7,7 +7,6 @@ pipeline is built fresh, measured once (module-scoped, parametrized by rung) and
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,15 +16,23 @@ SLUG_ROOT = Path(__file__).resolve().parents[2] / "baselines"
 SPEC_ARGS = ("schnell", 1024, 1024, 1)
 
 
+class NumericsRecord(dict):
+    """rung -> measured values. Written to $OUT/numerics-measured.json (atomically) after every rung, so a tier
+    stopped by a timeout or a watchdog keeps what it measured (thresholds are derived from this file)."""
+
+    def __setitem__(self, rung, values):
+        super().__setitem__(rung, values)
+        out = os.environ.get("OUT")
+        if out:
+            from fluxperf.io import atomic_write_json
+
+            atomic_write_json(Path(out) / "numerics-measured.json", dict(self))
+
+
 @pytest.fixture(scope="session")
 def numerics_record():
-    """rung -> measured values; written to $OUT/numerics-measured.json at the end of the session."""
-    record: dict[str, dict] = {}
-    yield record
-    out = os.environ.get("OUT")
-    if record and out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "numerics-measured.json").write_text(json.dumps(record, indent=2))
+    """rung -> measured values (NumericsRecord: saved to $OUT/numerics-measured.json as each rung is measured)."""
+    return NumericsRecord()
 
 
 @pytest.fixture(scope="session")

@@ -138,7 +138,44 @@ def module_fingerprint(module) -> dict:
         # values the traced code reads from the modules, not from the config (FluxPosEmbed.theta, eps, heads,...)
         "attributes": stable_hash([(n, type(m).__name__, _plain_attributes(m)) for n, m in module.named_modules()]
                                   + [(n, type(p).__name__, _plain_attributes(p)) for n, p in sorted(processors.items())]),
+        # forward (pre-)hooks change what is traced (e.g. the perf tier's injected slowdown) without changing any
+        # of the above: a package exported without them must not be reused with them, nor the reverse
+        "hooks": stable_hash(_hooks(module)),
     }
+
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
+
+
+def _hooks(module) -> list:
+    """(submodule, hook kind, hook identity) of every forward (pre-)hook: the function's qualified name, a hash of
+    its bytecode and its closure (plain values as they are, tensors as shape and dtype)."""
+    out = []
+    for name, sub in module.named_modules():
+        for kind in _HOOK_DICTS:
+            for fn in getattr(sub, kind, {}).values():
+                out.append((name, kind, _callable_identity(fn)))
+    return out
+
+
+def _callable_identity(fn, depth: int = 3) -> list:
+    code = getattr(fn, "__code__", None)
+    cells = []
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if _is_plain(value):
+            cells.append(value)
+        elif hasattr(value, "shape") and hasattr(value, "dtype"):
+            cells.append([list(value.shape), str(value.dtype)])
+        elif depth > 0 and hasattr(value, "__code__"):  # a helper the hook calls, with its own captured values
+            cells.append(_callable_identity(value, depth - 1))
+        else:
+            cells.append(type(value).__qualname__)
+    return [f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}",
+            hashlib.sha256(code.co_code).hexdigest()[:16] if code is not None else None, cells]
 
 
 def _plain_attributes(obj) -> dict:
