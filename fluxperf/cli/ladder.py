@@ -36,10 +36,16 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=opt("seed", int), default=0)
     p.add_argument("--batch", type=opt("batch", int), default=1)
     p.add_argument("--warmup", type=opt("warmup", int), default=1, help="untimed pipeline calls per rung")
-    p.add_argument("--rounds", type=opt("rounds", int), default=3, help="timed pipeline calls per rung")
+    p.add_argument("--runs", "--rounds", dest="rounds", type=opt("rounds", int), default=3,
+                   help="timed runs of the whole pipeline per rung (default 3): their average, min, p50, p90, p99; "
+                        "a percentile p needs ceil(100/(100-p)) runs (p50: 2, p90: 10, p99: 100), else n/a")
     p.add_argument("--step-rounds", type=opt("step_rounds", int), default=5, help="timed transformer steps per rung")
     p.add_argument("--checkpoint", type=opt("checkpoint"),
                    help="local path or hub id of a real FLUX.1 pipeline (default: synthetic)")
+    p.add_argument("--trace-file", type=opt("trace_file"), metavar="TRACE.json[.gz]",
+                   help="write a PyTorch profiler Chrome trace of one call per rung, after the timed runs, with "
+                        "regions prompt_encoding, denoising_step, decoding, postprocessing, pil_conversion, to "
+                        "TRACE.<rung>.json[.gz] (relative to the current directory)")
     p.add_argument("--out", default="fluxperf-out/ladder",
                    help="output directory (CSV, JSON, PNGs); created, and checked writable before any rung runs")
     p.set_defaults(func=run)
@@ -48,13 +54,16 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from fluxperf.measure.ladder_report import check_out_dir, markdown, table, write_outputs
     from fluxperf.measure.ladder_run import LadderOptions, OptionError, run_ladder
+    from fluxperf.measure.trace import check_trace_path
 
     try:
         opts = LadderOptions(variant=args.variant, size=args.size, device=args.device, height=args.height,
                              width=args.width, steps=args.steps, rungs=args.rungs, reference=args.reference,
                              seed=args.seed, batch=args.batch, warmup=args.warmup, rounds=args.rounds,
-                             step_rounds=args.step_rounds, checkpoint=args.checkpoint)
+                             step_rounds=args.step_rounds, checkpoint=args.checkpoint, trace_file=args.trace_file)
         check_out_dir(args.out, option="--out")
+        if args.trace_file:
+            check_trace_path(args.trace_file, option="--trace-file", error=OptionError)
     except OptionError as exc:  # what argparse cannot see alone (the output directory)
         print(f"fluxperf ladder: error: {exc}", file=sys.stderr)
         return 2
@@ -63,6 +72,9 @@ def run(args) -> int:
     paths = write_outputs(result, args.out, command=command)
     print(markdown(table(result)))
     print(f"\nwrote {paths['csv'].parent}/ (ladder.csv, ladder.json, ladder.md, ladder.png, <rung>.png)")
+    traces = [r.trace_file for r in result.rungs if r.trace_file]
+    if traces:
+        print(f"wrote traces: {', '.join(traces)}")
     if not result.ok:
         failed = [r.rung for r in result.rungs if r.status != "ok"]
         print(f"FAILED rungs: {', '.join(failed)} (errors in ladder.json)", file=sys.stderr)

@@ -1,4 +1,10 @@
-"""Write a ladder run: table (stdout/markdown), CSV, JSON records with the environment, PNG images, bar chart."""
+"""Write a ladder run: table (stdout/markdown), CSV, JSON records with the environment, PNG images, bar chart.
+
+Image latency columns: image_runs timed runs of the whole pipeline (warm-up excluded), their average, min, p50,
+p90 and p99 (fluxperf.measure.latency: numpy's linear method, Hyndman & Fan type 7; a percentile from fewer runs
+than it needs is empty in the CSV, null in the JSON and "n/a (needs N runs)" in the table). The JSON also holds
+each rung's per-stage breakdown ("stages", fluxperf.measure.stage_regions) and its trace file, if any.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,11 @@ from pathlib import Path
 
 from fluxperf.io import atomic_save, atomic_write_json, atomic_write_text
 from fluxperf.measure.ladder_run import LadderResult
+from fluxperf.measure.latency import METHOD_TEXT, percentile_of_column, short_cell, stat_columns
 
-COLUMNS = ["rung", "status", "image_median_ms", "image_p90_ms", "step_median_ms", "step_p90_ms", "speedup_step",
-           "psnr_db", "ssim", "max_abs_error", "cached_steps", "float8_linear", "attention", "apply_s", "peak_memory_gib", "error"]
+IMAGE_STATS = stat_columns("image_")  # image_avg_ms, image_min_ms, image_p50_ms, image_p90_ms, image_p99_ms
+COLUMNS = ["rung", "status", "image_runs", *IMAGE_STATS, "step_median_ms", "speedup_step", "psnr_db", "ssim",
+           "max_abs_error", "cached_steps", "float8_linear", "attention", "apply_s", "peak_memory_gib", "error"]
 
 
 def table(result: LadderResult):
@@ -23,11 +31,11 @@ def table(result: LadderResult):
     for r in result.rungs:
         step = r.step_ms["median_ms"] if r.step_ms else None
         applied = r.applied or {}
+        lat = r.image_latency or {}
         rows.append({
-            "rung": r.rung, "status": r.status,
-            "image_median_ms": r.image_ms["median_ms"] if r.image_ms else None,
-            "image_p90_ms": r.image_ms["p90_ms"] if r.image_ms else None,
-            "step_median_ms": step, "step_p90_ms": r.step_ms["p90_ms"] if r.step_ms else None,
+            "rung": r.rung, "status": r.status, "image_runs": lat.get("n"),
+            **{c: lat.get(c.removeprefix("image_")) for c in IMAGE_STATS},
+            "step_median_ms": step,
             "speedup_step": (ref.step_ms["median_ms"] / step) if (ref and step) else None,
             "psnr_db": r.psnr_db, "ssim": r.ssim, "max_abs_error": r.max_abs_error, "cached_steps": r.cached_steps,
             "float8_linear": applied.get("float8_linear_count"), "attention": applied.get("attention_backend"),
@@ -37,9 +45,19 @@ def table(result: LadderResult):
 
 
 def markdown(df) -> str:
+    """The table as markdown (plain text without tabulate), then one line: what the latency columns are and the
+    percentile method. A percentile a measured rung lacks runs for reads "n/a (needs N runs)"."""
     shown = df.drop(columns=["error"]).copy()
     shown["psnr_db"] = shown["psnr_db"].map(lambda v: "inf" if v is not None and math.isinf(v) else v)
-    return shown.to_markdown(index=False, floatfmt=".2f") if _has_tabulate() else shown.to_string(index=False)
+    measured = shown["image_runs"].notna()
+    for col in IMAGE_STATS:
+        p = percentile_of_column(col)
+        if p is not None:
+            shown[col] = [short_cell(v, p) if m else "" for v, m in zip(shown[col], measured)]
+    text = shown.to_markdown(index=False, floatfmt=".2f") if _has_tabulate() else shown.to_string(index=False)
+    runs = sorted({int(n) for n in shown["image_runs"].dropna()})
+    return (f"{text}\n\nimage_*: latency of the whole pipeline over {'/'.join(map(str, runs)) or 'no'} timed runs "
+            f"per rung (warm-up excluded); {METHOD_TEXT}.")
 
 
 def write_outputs(result: LadderResult, out_dir: str | Path, command: str | None = None) -> dict[str, Path]:
@@ -94,7 +112,7 @@ def _record(result: LadderResult, command: str | None) -> dict:
             d["psnr_db"] = "inf"
         rungs.append(d)
     return {"command": command or " ".join(sys.argv), "options": asdict(result.options),
-            "environment": result.environment, "ok": result.ok, "rungs": rungs}
+            "environment": result.environment, "ok": result.ok, "latency_method": METHOD_TEXT, "rungs": rungs}
 
 
 def _bar_chart(df, result: LadderResult, path: str) -> None:

@@ -1,8 +1,11 @@
 """Run the ablation ladder: per rung build a fresh pipeline, apply the recipe, time it, compare its image.
 
-Per rung: image latency (the whole pipeline call with precomputed prompt embeddings), one transformer step
-(the denoiser alone, inputs from fluxperf.model.shapes), both with warm-up excluded and several rounds; the image's
-PSNR/SSIM against the reference rung. A rung that fails is recorded with its error and makes the run fail:
+Per rung: image latency (the whole pipeline call with precomputed prompt embeddings) over `rounds` timed runs, with
+its statistics (fluxperf.measure.latency: average, min, p50/p90/p99, each percentile only from the runs it needs)
+and a per-stage breakdown of the same runs (fluxperf.measure.stage_regions: prompt encoding, each denoising step,
+decoding, postprocessing, PIL conversion); one transformer step (the denoiser alone, inputs from
+fluxperf.model.shapes); both with warm-up excluded; the image's PSNR/SSIM against the reference rung; with
+`trace_file`, a profiler Chrome trace of one more call (after the timed ones) per rung (fluxperf.measure.trace). A rung that fails is recorded with its error and makes the run fail:
 it never drops silently out of the table (lesson 8).
 
 Example:
@@ -65,6 +68,8 @@ class LadderOptions:
     step_rounds: int = checked(5, lo=1, hi=10_000)
     prompt: str = checked(DEFAULT_PROMPT, nonempty=True)
     checkpoint: str | None = checked(None, nonempty=True, fix="a local directory or a hub id, or None (synthetic)")
+    trace_file: str | None = checked(None, pattern=r".*[^/]\.json(\.gz)?", rule="a file name ending in .json or .json.gz",
+                                     fix="e.g. trace.json.gz (one trace per rung: trace.<rung>.json.gz)")
 
     def __post_init__(self):
         check_fields(self, error=OptionError)
@@ -133,7 +138,10 @@ class RungResult:
     rung: str
     status: str = "ok"  # "ok" or "error"
     error: str | None = None
-    image_ms: dict[str, Any] | None = None
+    image_ms: dict[str, Any] | None = None  # Timing.summary() of the image calls (samples_ms kept), without p90
+    image_latency: dict[str, Any] | None = None  # fluxperf.measure.latency.LatencyStats.to_dict() of those calls
+    stages: dict[str, Any] | None = None  # StageRecorder.breakdown() of the timed image calls
+    trace_file: str | None = None  # the Chrome trace written for this rung (options.trace_file)
     step_ms: dict[str, Any] | None = None
     apply_s: float | None = None
     applied: dict[str, Any] | None = None
@@ -217,6 +225,8 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
     import torch
 
     from fluxperf.bench.timing import time_fn
+    from fluxperf.measure.latency import cell_text, latency_stats
+    from fluxperf.measure.stage_regions import stage_regions
     from fluxperf.model.shapes import initial_latents, transformer_inputs
     from fluxperf.steps.caching.stats import last_call_cache_stats
 
@@ -231,20 +241,41 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
     def say(msg):
         progress(f"[ladder] {name} image {msg}")
 
-    image_t = time_fn(call, warmup=opts.warmup, rounds=opts.rounds, device=opts.device, progress=say)
-    result.image_ms, result.image = image_t.summary(), call()
+    with stage_regions(pipe, device=opts.device) as regions:  # a few marks per step: microseconds per call
+        image_t = time_fn(regions.timed(call), warmup=opts.warmup, rounds=opts.rounds, device=opts.device,
+                          progress=say)
+    result.stages = regions.breakdown(last=opts.rounds)
+    latency = latency_stats(image_t.samples_ms)
+    result.image_latency = latency.to_dict()
+    # Timing's p90 interpolates whatever the rounds are; the ladder reports percentiles only from enough runs
+    result.image_ms = {k: v for k, v in image_t.summary().items() if k != "p90_ms"}
+    result.image = _final_image(pipe, call, name, opts, result)
     cache = last_call_cache_stats(pipe)
     result.cached_steps = cache["cached_steps"] if cache else None
     inputs = transformer_inputs(spec, dims, device=opts.device, dtype=dtype, seed=opts.seed)
     with torch.inference_mode():
         step_t = time_fn(lambda: pipe.transformer(**inputs), warmup=2, rounds=opts.step_rounds, device=opts.device)
-    result.step_ms = step_t.summary()
+    result.step_ms = {k: v for k, v in step_t.summary().items() if k != "p90_ms"}
     result.applied = stack.to_dict()  # again, after the calls: recompiles they caused are counted (issue 13.1)
     if opts.device.startswith("cuda"):
         result.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
-    progress(f"[ladder] {name}: image {image_t.median_ms:.1f} ms (p90 {image_t.p90_ms:.1f}), "
-             f"step {step_t.median_ms:.2f} ms, apply {result.apply_s:.1f} s, first call "
-             f"{image_t.warmup_ms[0] if image_t.warmup_ms else float('nan'):.0f} ms")
+    progress(f"[ladder] {name}: image avg {latency.avg_ms:.1f} ms, p50 {cell_text(latency, 50, '{:.1f}')}, p90 "
+             f"{cell_text(latency, 90, '{:.1f}')} over {latency.n} runs, step {step_t.median_ms:.2f} ms, apply "
+             f"{result.apply_s:.1f} s, first call {image_t.warmup_ms[0] if image_t.warmup_ms else float('nan'):.0f} ms")
+
+
+def _final_image(pipe, call, name: str, opts: LadderOptions, result: RungResult):
+    """One more call for the rung's image (after the timed ones); with opts.trace_file it is the traced call,
+    written to <trace stem>.<rung>.json[.gz]."""
+    if not opts.trace_file:
+        return call()
+    from fluxperf.measure.trace import tagged, traced
+
+    path = tagged(opts.trace_file, name)
+    with traced(pipe, path, device=opts.device):
+        image = call()
+    result.trace_file = str(path)
+    return image
 
 
 def image_call(pipe, variant: str, spec, *, steps: int, seed: int, embeds: dict, latents, output_type="pil"):
