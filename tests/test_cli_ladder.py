@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fluxperf.bench.latency import latency_stats
 from fluxperf.cli import build_parser, main
-from fluxperf.measure.latency import latency_stats
 from fluxperf.measure.trace import region_counts
 from fluxperf.optional import install_hint, probe
 

@@ -1,11 +1,11 @@
-"""fluxperf.measure.latency: average/min/percentiles, numpy's type-7 method, and the runs each percentile needs."""
+"""fluxperf.bench.latency: average/min/percentiles, numpy's type-7 method, and the runs each percentile needs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fluxperf.measure.latency import (
+from fluxperf.bench.latency import (
     METHOD_TEXT,
     InsufficientRunsError,
     cell_text,

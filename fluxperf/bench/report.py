@@ -3,6 +3,11 @@
 The markdown suits a CI job summary ($GITHUB_STEP_SUMMARY); the CSV keeps every number; the PNG shows the
 transformer-step ladder (one group of bars per rung: baseline and current median).
 
+Latency statistics of each benchmark's per-round samples (stats.data): avg_ms, min_ms, p50_ms, p90_ms, p99_ms
+(fluxperf.bench.latency: numpy's linear method, Hyndman & Fan type 7). A percentile needs ceil(1/(1-q)) rounds
+(p90: 10, p99: 100): with fewer it is empty in the CSV and "n/a (needs N runs)" in the markdown, whose last line
+states the method.
+
 Example:
     >>> cur = [{"fullname": "perf/test_ladder.py::test_transformer_step[bf16]", "param": "bf16",
     ...         "stats": {"data": [0.18, 0.19]}, "extra_info": {}}]
@@ -16,11 +21,13 @@ import io
 import statistics
 from pathlib import Path
 
+from fluxperf.bench.latency import METHOD_TEXT, latency_stats, percentile_of_column, short_cell, stat_columns, stat_row
 from fluxperf.bench.stats import iqr
 from fluxperf.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+STATS = tuple(stat_columns())  # avg_ms, min_ms, p50_ms, p90_ms, p99_ms of the current rounds
 COLUMNS = ("benchmark", "param", "baseline_ms", "current_ms", "change_pct", "threshold_pct", "iqr_ms", "rounds",
-           "decided_by", "outcome", "tflops", "mfu", "compile_cold_s", "compile_warm_s", "peak_mem_gib",
+           *STATS, "decided_by", "outcome", "tflops", "mfu", "compile_cold_s", "compile_warm_s", "peak_mem_gib",
            "kernels_per_step", "cached_steps", "reason")
 
 
@@ -49,7 +56,7 @@ def build_table(current: list[dict], baseline: dict[str, dict] | None = None, co
             "baseline_ms": statistics.median(x * 1e3 for x in base["stats"]["data"]) if base else None,
             "current_ms": statistics.median(ms), "change_pct": 100 * time_check["change"] if time_check else None,
             "threshold_pct": 100 * time_check["threshold"] if time_check else None,
-            "iqr_ms": iqr(ms), "rounds": len(ms), "decided_by": comp["decided_by"] if comp else None,
+            "iqr_ms": iqr(ms), "rounds": len(ms), **stat_row(latency_stats(ms) if ms else None), "decided_by": comp["decided_by"] if comp else None,
             "outcome": comp["outcome"] if comp else "no baseline", "tflops": metrics.get("tflops"),
             "mfu": metrics.get("mfu"), "compile_cold_s": metrics.get("compile_cold_s"),
             "compile_warm_s": metrics.get("compile_warm_s"), "peak_mem_gib": proxies.get("peak_mem_gib"),
@@ -60,7 +67,11 @@ def build_table(current: list[dict], baseline: dict[str, dict] | None = None, co
 
 
 def to_markdown(df, *, title: str = "fluxperf benchmarks: current vs baseline", floatfmt: str = "{:.2f}") -> str:
-    """A GitHub-flavoured markdown table (no extra dependency)."""
+    """A GitHub-flavoured markdown table (no extra dependency).
+
+    Percentile columns (p<q>_ms) of a row with rounds but too few for that percentile read "n/a (needs N runs)";
+    with such columns the table is followed by one line stating the percentile method.
+    """
     def cell(v) -> str:
         if v is None or (isinstance(v, float) and v != v):
             return ""
@@ -69,9 +80,15 @@ def to_markdown(df, *, title: str = "fluxperf benchmarks: current vs baseline", 
         return str(v).replace("|", "\\|")
 
     cols = list(df.columns)
+    percentiles = {c: percentile_of_column(c) for c in cols}
     lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+        rec = dict(zip(cols, row))
+        measured = bool(rec.get("rounds"))
+        lines.append("| " + " | ".join(short_cell(v, percentiles[c], floatfmt) if percentiles[c] and measured
+                                       else cell(v) for c, v in rec.items()) + " |")
+    if any(percentiles.values()):
+        lines += ["", f"avg/min/p50/p90/p99 over each benchmark's rounds; {METHOD_TEXT}."]
     return "\n".join(lines) + "\n"
 
 

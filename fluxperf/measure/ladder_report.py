@@ -1,7 +1,7 @@
 """Write a ladder run: table (stdout/markdown), CSV, JSON records with the environment, PNG images, bar chart.
 
 Image latency columns: image_runs timed runs of the whole pipeline (warm-up excluded), their average, min, p50,
-p90 and p99 (fluxperf.measure.latency: numpy's linear method, Hyndman & Fan type 7; a percentile from fewer runs
+p90 and p99 (fluxperf.bench.latency: numpy's linear method, Hyndman & Fan type 7; a percentile from fewer runs
 than it needs is empty in the CSV, null in the JSON and "n/a (needs N runs)" in the table). The JSON also holds
 each rung's per-stage breakdown ("stages", fluxperf.measure.stage_regions) and its trace file, if any.
 """
@@ -13,9 +13,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from fluxperf.bench.latency import METHOD_TEXT, percentile_of_column, short_cell, stat_columns
 from fluxperf.io import atomic_save, atomic_write_json, atomic_write_text
 from fluxperf.measure.ladder_run import LadderResult
-from fluxperf.measure.latency import METHOD_TEXT, percentile_of_column, short_cell, stat_columns
 
 IMAGE_STATS = stat_columns("image_")  # image_avg_ms, image_min_ms, image_p50_ms, image_p90_ms, image_p99_ms
 COLUMNS = ["rung", "status", "image_runs", *IMAGE_STATS, "step_median_ms", "speedup_step", "psnr_db", "ssim",

@@ -1,7 +1,7 @@
 """Run the ablation ladder: per rung build a fresh pipeline, apply the recipe, time it, compare its image.
 
 Per rung: image latency (the whole pipeline call with precomputed prompt embeddings) over `rounds` timed runs, with
-its statistics (fluxperf.measure.latency: average, min, p50/p90/p99, each percentile only from the runs it needs)
+its statistics (fluxperf.bench.latency: average, min, p50/p90/p99, each percentile only from the runs it needs)
 and a per-stage breakdown of the same runs (fluxperf.measure.stage_regions: prompt encoding, each denoising step,
 decoding, postprocessing, PIL conversion); one transformer step (the denoiser alone, inputs from
 fluxperf.model.shapes); both with warm-up excluded; the image's PSNR/SSIM against the reference rung; with
@@ -139,7 +139,7 @@ class RungResult:
     status: str = "ok"  # "ok" or "error"
     error: str | None = None
     image_ms: dict[str, Any] | None = None  # Timing.summary() of the image calls (samples_ms kept), without p90
-    image_latency: dict[str, Any] | None = None  # fluxperf.measure.latency.LatencyStats.to_dict() of those calls
+    image_latency: dict[str, Any] | None = None  # fluxperf.bench.latency.LatencyStats.to_dict() of those calls
     stages: dict[str, Any] | None = None  # StageRecorder.breakdown() of the timed image calls
     trace_file: str | None = None  # the Chrome trace written for this rung (options.trace_file)
     step_ms: dict[str, Any] | None = None
@@ -224,8 +224,8 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
     """Time the applied pipeline's image and one transformer step (`run`: fluxperf.measure.runner.Prepared)."""
     import torch
 
+    from fluxperf.bench.latency import cell_text, latency_stats
     from fluxperf.bench.timing import time_fn
-    from fluxperf.measure.latency import cell_text, latency_stats
     from fluxperf.measure.stage_regions import stage_regions
     from fluxperf.model.shapes import initial_latents, transformer_inputs
     from fluxperf.steps.caching.stats import last_call_cache_stats

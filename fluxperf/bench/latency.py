@@ -78,7 +78,7 @@ class LatencyStats:
         if value is None:
             raise InsufficientRunsError(
                 f"p{_label(p)} from n={self.n} runs: it needs n >= {self.needs[p]} (ceil(1/(1-q)) for q="
-                f"{p / 100:g}). Fix: time at least {self.needs[p]} runs (fluxperf ladder --runs {self.needs[p]}).")
+                f"{p / 100:g}). Fix: time at least {self.needs[p]} runs (e.g. fluxperf ladder --runs {self.needs[p]}).")
         return value
 
     def to_dict(self) -> dict:
