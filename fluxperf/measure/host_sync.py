@@ -135,9 +135,9 @@ def watch_syncs(mode: str = "warn", *, explicit: bool = True) -> Iterator[SyncLo
         except RuntimeError as exc:
             if mode == "error" and not isinstance(exc, HostSyncError) and str(exc).startswith(SYNC_MESSAGE):
                 event = _event_from_traceback(exc.__traceback__)
-                raise HostSyncError(f"host sync in a region that must not sync: {event.describe()} (fix: keep "
-                                    "the value on the device, e.g. scheduler.set_begin_index(0) instead of "
-                                    "index_for_timestep)") from exc
+                raise HostSyncError(f"host sync in a region that must not sync: {event.describe()}. Fix: keep "
+                                    "the value on the device (no .item()/.cpu()/nonzero/if tensor: in the step; a "
+                                    "scheduler: set_begin_index(0) before the loop)") from exc
             raise
         finally:
             torch.cuda.set_sync_debug_mode(previous)
