@@ -179,11 +179,11 @@ def check_output_file(path: str) -> Path:
     from fluxperf.measure.ladder_run import OptionError
 
     out = Path(path).expanduser()
+    if out.is_dir():
+        raise OptionError(f"--output-file {path!r} is a directory. Fix: give a file name such as {out / 'output.png'}.")
     formats = Image.registered_extensions()
     if out.suffix.lower() not in formats or formats[out.suffix.lower()] not in Image.SAVE:
         raise OptionError(f"--output-file {path!r}: {out.suffix or 'no suffix'!r} is not an image format PIL can "
                           "write (the format comes from the suffix). Fix: end it in .png, .jpg or .webp.")
-    if out.is_dir():
-        raise OptionError(f"--output-file {path!r} is a directory. Fix: give a file name such as {out / 'output.png'}.")
     check_out_dir(out.parent, option="--output-file")
     return out

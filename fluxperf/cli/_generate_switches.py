@@ -118,7 +118,9 @@ def cpu_switch_off(device: str, given: tuple[str, ...]) -> list[tuple[Switch, st
             continue
         switch = BY_STAGE[need.stage]
         if switch.flag not in given and all(s is not switch for s, _ in out):
-            out.append((switch, f"{need.setting} needs {HARDWARE[need.name][0]}"))
+            instead = "; torch.compile runs instead" if switch.flag == "--no-export" and "--no-compile" not in given \
+                else ""
+            out.append((switch, f"{need.setting} needs {HARDWARE[need.name][0]}{instead}"))
     return out
 
 

@@ -126,7 +126,7 @@ def generate(plan, args) -> int:
                       before_apply=lambda pipe: say(f"[2/3] applying the recipe{_apply_hint(recipe)} ...")) as run:
             say(f"[3/3] generating (first call{', compiles' if recipe.compile.enabled else ''}) ...")
             image, first_s = _first_call(run.pipe, plan, args)
-            summary = _summary(run.stack)
+            summary = _summary(run.stack) + _cache_stats(run.pipe)
             packages = _outcome(run.stack) if plan.use_cached else []
             build_s, apply_s = run.build_s, run.setup_s
     _save(image, plan.output)
@@ -201,6 +201,17 @@ def _summary(stack) -> list[str]:
     for name, details in data["steps"].items():
         lines.append(f"  {name}: {_brief(details)}")
     return lines
+
+
+def _cache_stats(pipe) -> list[str]:
+    """The block cache's work in the call (fluxperf.steps.caching.stats); [] without a block cache."""
+    from fluxperf.steps.caching.stats import last_call_cache_stats
+
+    stats = last_call_cache_stats(pipe)
+    if stats is None:
+        return []
+    return [f"{stats['kind']}: {stats['cached_steps']} of {stats['total_steps']} steps served from the cache "
+            f"(steps {stats['cached_step_indices']})"]
 
 
 def _brief(details, limit: int = 12) -> str:
