@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-TOP_RUNG = "export"  # fluxperf.ladder.LADDER[-1]: every optimization of the ladder on
+TOP_RUNG = "export"  # fluxperf.ladder.LADDER[-1] (tests pin it): every optimization of the ladder on
 
 
 @dataclass(frozen=True)

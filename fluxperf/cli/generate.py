@@ -48,7 +48,7 @@ def register(subparsers) -> None:
         "generate", help="one image from a prompt, every optimization of the ladder's top rung on",
         description="Generate one image with the ladder's top rung (export) applied; --no-X switches a step off. "
                     "On a CPU the tiny synthetic model runs and the GPU-only steps are switched off (said, not hidden).")
-    p.add_argument("--prompt", type=text, default=DEFAULT_PROMPT)
+    p.add_argument("--prompt", type=text, default=DEFAULT_PROMPT, help=f"text prompt (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--variant", choices=("schnell", "dev"), default="schnell",
                    help="FLUX.1 variant (kontext edits an input image: not a prompt-to-image command)")
     p.add_argument("--size", choices=SIZES, help="synthetic model size (default: full on CUDA, tiny on CPU)")
