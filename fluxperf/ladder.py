@@ -3,7 +3,8 @@
     baseline (fp32 eager) -> bf16 -> compile -> fused_qkv -> channels_last -> fa3_fp8 -> float8 -> flags -> export
 
 Each rung is a `Recipe`; any rung can be built from its name or from a dict, and extra rungs (caching,
-other attention backends) are registered next to the ladder without being part of its spine.
+other attention backends, the FLUX.1-dev A100/H100 experiment table's configurations, the flux-fast-faithful
+compile) are registered next to the ladder without being part of its spine.
 
 Example:
     >>> rung("float8").quantize.kind
@@ -46,10 +47,36 @@ _EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
     # diffusers' first-block cache decides inside the head block (a torch.compiler.disable'd hook): the blocks
     # compile regionally but not fullgraph (measured by the caching work; cache-dit compiles fullgraph).
     "fbcache": ("flags", {"first_block_cache": {"enabled": True}, "compile": {"fullgraph": False}}),
+    # -- the FLUX.1-dev A100/H100 experiment table (1024x1024, 28 steps; issue 15): eager pipelines, one change
+    # each on top of bf16, then the table's combined configurations
+    "fp16": ("bf16", {"dtype": "float16"}),  # the table's baseline: the whole pipeline in float16
+    "fa2": ("bf16", {"attention": {"backend": "flash"}}),  # SDPA restricted to its flash (FlashAttention-2) kernel
+    # torchao int8 dynamic activation (per token) + int8 weight (per channel): torchao's PerRow default
+    "int8": ("bf16", {"quantize": {"kind": "int8", "granularity": "row"}}),
+    # TeaCache with the published 0.4 threshold (~1.8x on FLUX.1-dev): fluxperf.steps.caching.teacache
+    "teacache": ("bf16", {"first_block_cache": {"enabled": True, "kind": "teacache", "threshold": 0.4}}),
+    "fa2_fbcache_float8": ("fa2", {"first_block_cache": {"enabled": True, "threshold": 0.3},
+                                   "quantize": {"kind": "float8"}}),
+    "fa2_fbcache_int8": ("fa2", {"first_block_cache": {"enabled": True, "threshold": 0.3},
+                                 "quantize": {"kind": "int8", "granularity": "row"}}),
+    "compile_int8": ("compile", {"quantize": {"kind": "int8", "granularity": "row"}}),
+    # flux-fast's use_compile (utils/pipeline_utils.py): torch.compile(transformer, mode="max-autotune",
+    # fullgraph=True) and the same for vae.decode, on its full stack (flags). Whole-model, fullgraph, VAE decoder
+    # compiled: as flux-fast. One difference, on purpose: "max-autotune" also turns on CUDA graph trees
+    # (triton.cudagraphs), which recipe_rules._rule_no_cudagraph_tree_modes refuses (measured on the H200: 21 %
+    # image error whole-model, "output overwritten" regional); "max-autotune-no-cudagraphs" keeps every other
+    # Inductor option of the mode (max_autotune, coordinate_descent_tuning). CUDA graphs are guarded by the export
+    # rung (its CudaGraphRunner copies inputs and outputs).
+    "compile_faithful": ("flags", {"compile": {"scope": "whole", "mode": "max-autotune-no-cudagraphs",
+                                               "fullgraph": True, "vae": True}}),
 }
+
+# The experiment table's rungs (perf groups `experiment` / `experiment_dev`, GPU numerics).
+EXPERIMENT_RUNGS: tuple[str, ...] = ("fp16", "fa2", "int8", "teacache", "fa2_fbcache_float8", "fa2_fbcache_int8")
 
 # What runs on a CPU-only machine (fp8 attention, float8 and AOTI/CUDA graphs need a GPU).
 CPU_RUNGS: tuple[str, ...] = ("baseline", "bf16", "compile", "fused_qkv", "channels_last")
+# (int8 and fp16 run on a CPU too, and teacache on dev/Kontext: not in the default CPU ladder, which is schnell)
 
 
 def rung_names() -> tuple[str, ...]:

@@ -83,15 +83,17 @@ class AttentionConfig(_StepConfig):
 
 @dataclass(frozen=True)
 class QuantizeConfig(_StepConfig):
-    """torchao float8 dynamic activation + float8 weight quantization of the transformer's Linear layers.
+    """torchao dynamic quantization of the transformer's Linear layers (fluxperf.steps.quantize).
 
     Args:
-        kind: "none" or "float8".
-        granularity: "tensor" (PerTensor, flux-fast's) or "row" (PerRow).
+        kind: "none", "float8" (float8 dynamic activation + float8 weight: sm89+ GPU, bf16) or "int8" (int8
+            dynamic per-token activation + int8 weight: any device, any of the recipe dtypes).
+        granularity: "tensor" (PerTensor, flux-fast's float8) or "row" (PerRow; torchao's int8 default, which the
+            int8 rungs use).
     """
 
     SECTION: ClassVar[str] = "quantize"
-    kind: str = checked("none", choices=("none", "float8"))
+    kind: str = checked("none", choices=("none", "float8", "int8"))
     granularity: str = checked("tensor", choices=("tensor", "row"))
 
     @property
@@ -190,7 +192,11 @@ class CacheDitConfig(_StepConfig):
 
 @dataclass(frozen=True)
 class FirstBlockCacheConfig(_StepConfig):
-    """diffusers' first-block cache (or TeaCache when `kind="teacache"`); threshold in (0, 5)."""
+    """A block cache that decides per step from the first block: diffusers' first-block cache (kind="first_block":
+    fluxperf.steps.caching.first_block; threshold: relative change of the first block's residual, e.g. 0.15-0.4) or
+    TeaCache (kind="teacache": fluxperf.steps.caching.teacache; threshold: the accumulated rescaled relative L1
+    change of the first block's modulated input, published 0.25 / 0.4 / 0.6 / 0.8 for ~1.5x / 1.8x / 2.0x / 2.25x).
+    Threshold in (0, 5)."""
 
     SECTION: ClassVar[str] = "first_block_cache"
     enabled: bool = checked(False)

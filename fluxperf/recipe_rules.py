@@ -33,8 +33,9 @@ def _rule_export_replaces_compile(r: Recipe) -> None:
 def _rule_export_no_caching(r: Recipe) -> None:
     for name, cfg in (("cache_dit", r.cache_dit), ("first_block_cache", r.first_block_cache)):
         if r.export.enabled and cfg.enabled:
+            kind = f" (kind={cfg.kind!r})" if name == "first_block_cache" else ""
             raise RecipeError(
-                f"export.enabled=True with {name}.enabled=True: caching decides per step in Python whether to run "
+                f"export.enabled=True with {name}.enabled=True{kind}: caching decides per step in Python whether to run "
                 "the blocks, but an exported AOTInductor package is one opaque graph with no place for that decision. "
                 f"Fix: use compile instead of export, or disable {name}."
             )
@@ -58,12 +59,15 @@ def _rule_cache_no_cudagraphs(r: Recipe) -> None:
 
 
 def _rule_fbc_breaks_the_graph(r: Recipe) -> None:
-    # fluxperf.steps.caching.first_block.COMPILE_HINT: the head block's hook calls a torch.compiler.disable'd decision inside the
-    # compiled block (dynamo: "Skip inlining `torch.compiler.disable()`d function"), whatever the scope.
-    if r.first_block_cache.enabled and r.compile.enabled and r.compile.fullgraph:
+    # fluxperf.steps.caching.first_block.COMPILE_HINT and .teacache.COMPILE_HINT: the head block's hook calls a
+    # torch.compiler.disable'd decision inside the compiled block (dynamo: "Skip inlining
+    # `torch.compiler.disable()`d function"), whatever the scope; both kinds.
+    fbc = r.first_block_cache
+    if fbc.enabled and r.compile.enabled and r.compile.fullgraph:
+        what = "TeaCache" if fbc.kind == "teacache" else "first-block cache"
         raise RecipeError(
-            "first_block_cache.enabled=True with compile.enabled=True and compile.fullgraph=True: the first-block "
-            "cache decides inside the head block with a torch.compiler.disable'd call, a graph break that "
+            f"first_block_cache.enabled=True (kind={fbc.kind!r}) with compile.enabled=True and compile.fullgraph=True: "
+            f"the {what} decides inside the head block with a torch.compiler.disable'd call, a graph break that "
             "fullgraph=True turns into an error at the first call. Fix: compile.fullgraph=False (the fbcache rung does)."
         )
 
@@ -76,17 +80,6 @@ def _rule_cache_dit_whole_fullgraph(r: Recipe) -> None:
             "cache_dit.enabled=True with compile.scope='whole' and compile.fullgraph=True: cache-dit wraps the "
             "transformer's forward in Python (mock.patch) that dynamo cannot trace as one graph, so the first call "
             "fails. Fix: compile.scope='regional' (the cache_dit rungs do) or compile.fullgraph=False."
-        )
-
-
-def _rule_teacache_not_wired(r: Recipe) -> None:
-    # fluxperf.steps.caching.first_block.apply_first_block_cache refuses it too (diffusers has no TeaCache hook fluxperf wires up):
-    # drop this rule when it does.
-    if r.first_block_cache.enabled and r.first_block_cache.kind == "teacache":
-        raise RecipeError(
-            "first_block_cache.kind='teacache' with first_block_cache.enabled=True: fluxperf does not wire up a "
-            "TeaCache hook (the installed diffusers has none it supports), so apply() would refuse it. "
-            "Fix: first_block_cache.kind='first_block'."
         )
 
 
@@ -126,8 +119,8 @@ def _rule_no_cudagraph_tree_modes(r: Recipe) -> None:
             f"compile.mode={c.mode!r} with compile.scope={c.scope!r}: this mode captures CUDA graph trees, which on "
             "FLUX pipelines either fail (regional: a block's output is overwritten by the next block's call) or "
             "silently change the image (whole: 21 % relative error on the H200). Fix: compile.mode="
-            "'max-autotune-no-cudagraphs' (or None); for CUDA graphs use the export rung, whose CudaGraphRunner "
-            "copies inputs and outputs."
+            "'max-autotune-no-cudagraphs' (or None; the compile_faithful rung is flux-fast's max-autotune that way); "
+            "for CUDA graphs use the export rung, whose CudaGraphRunner copies inputs and outputs."
         )
 
 
@@ -136,10 +129,12 @@ _HALF_ONLY = {"cudnn": "SDPA's cuDNN kernel", "flash": "SDPA's flash kernel", "f
 
 
 def _rule_low_precision_needs_half(r: Recipe) -> None:
-    if r.quantize.enabled and r.dtype != "bfloat16":
+    # int8 (Int8DynamicActivationInt8WeightConfig) runs on bf16, fp16 and fp32 weights: checked on CPU, torchao 0.18
+    if r.quantize.kind == "float8" and r.dtype != "bfloat16":
         raise RecipeError(
-            f"quantize.kind={r.quantize.kind!r} with dtype={r.dtype!r}: torchao float8 dynamic quantization is "
-            "applied to bf16 models (PerRow requires bf16 weights). Fix: dtype='bfloat16'."
+            f"quantize.kind='float8' with dtype={r.dtype!r}: torchao float8 dynamic quantization is "
+            "applied to bf16 models (PerRow requires bf16 weights). Fix: dtype='bfloat16' (or quantize.kind='int8', "
+            "which runs in any dtype)."
         )
     backend = r.attention.backend
     if backend in _HALF_ONLY and r.dtype == "float32":
@@ -158,7 +153,6 @@ COMBINATION_RULES = (
     _rule_export_replaces_compile,
     _rule_export_no_caching,
     _rule_one_cache,
-    _rule_teacache_not_wired,
     _rule_cache_no_cudagraphs,
     _rule_fbc_breaks_the_graph,
     _rule_cache_dit_whole_fullgraph,

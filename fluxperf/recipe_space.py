@@ -6,12 +6,12 @@ defaults: the space covers what can conflict, not every field value (those are c
 fluxperf.recipe_checks).
 
     AXES = dtype x compiler (eager, compile scope x mode x fullgraph, export, export+compile) x fuse_qkv
-           x attention (backend x fp8 scaling) x quantize (off, float8 tensor/row) x inductor_flags
+           x attention (backend x fp8 scaling) x quantize (off, float8 tensor/row, int8 row) x inductor_flags
            x cache (none, cache-dit, FBC, TeaCache, both)
 
 Example:
     >>> sum(1 for _ in combinations())
-    33120
+    44160
     >>> labels, data = next(combinations())
     >>> Recipe.from_dict(data).name
     'float32|compiler=eager|qkv=unfused|attn=sdpa|quant=none|flags=off|cache=none'
@@ -56,7 +56,8 @@ AXES: dict[str, Axis] = {
     "qkv": (("unfused", {}), ("fused", {"fuse_qkv": True})),
     "attn": _attention_axis(),
     "quant": (("none", {}), ("float8/tensor", {"quantize": {"kind": "float8", "granularity": "tensor"}}),
-              ("float8/row", {"quantize": {"kind": "float8", "granularity": "row"}})),
+              ("float8/row", {"quantize": {"kind": "float8", "granularity": "row"}}),
+              ("int8/row", {"quantize": {"kind": "int8", "granularity": "row"}})),
     "flags": (("off", {}), ("on", {"inductor_flags": {"enabled": True}})),
     "cache": (("none", {}), ("cache_dit", {"cache_dit": CACHE_DIT}),
               ("fbc", {"first_block_cache": {"enabled": True}}),

@@ -3,7 +3,8 @@
 `requirements(recipe)` derives the needs from the recipe's own settings, stage by stage of `fluxperf.apply.plan`:
 
     attention  the backend's spec in fluxperf.steps.attention.registry: its package, and the hardware its checks accept
-    quantize   torchao, and a CUDA GPU of compute capability >= 8.9 (fluxperf.steps.quantize.check_float8_hardware)
+    quantize   torchao; for float8 also a CUDA GPU of compute capability >= 8.9
+               (fluxperf.steps.quantize.check_float8_hardware); int8 runs anywhere (CPU included)
     cache_dit  cache-dit
     export     a CUDA GPU (AOTInductor packages and CUDA graphs are built for one GPU)
 
@@ -163,8 +164,10 @@ def _attention_needs(recipe: Recipe) -> tuple[Need, ...]:
 
 def _quantize_needs(recipe: Recipe) -> tuple[Need, ...]:
     setting = f"quantize.kind={recipe.quantize.kind!r}"
-    return (Need("hardware", FLOAT8_HARDWARE, "quantize", setting, _float8_check),
-            Need("package", "torchao", "quantize", setting))
+    package = Need("package", "torchao", "quantize", setting)
+    if recipe.quantize.kind == "int8":  # torchao's int8 matmul has CPU and CUDA paths (fluxperf.steps.quantize)
+        return (package,)
+    return (Need("hardware", FLOAT8_HARDWARE, "quantize", setting, _float8_check), package)
 
 
 def _cache_dit_needs(recipe: Recipe) -> tuple[Need, ...]:

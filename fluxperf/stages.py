@@ -6,9 +6,11 @@
     2. fuse_qkv           recipe.fuse_qkv                cannot: the unfused projections are deleted
     3. channels_last      recipe.channels_last           the VAE tensors it converted go back to the contiguous layout
     4. attention          attention.backend != "sdpa"    each attention module gets its previous processor back
-    5. quantize           quantize.enabled               cannot: torchao replaced the Linear weights by float8 ones
+    5. quantize           quantize.enabled               cannot: torchao replaced the Linear weights by float8 / int8 ones
     6. cache_dit          cache_dit.enabled              fluxperf.steps.caching.cache_dit.disable_cache_dit (class + transformer)
-    7. first_block_cache  first_block_cache.enabled      fluxperf.steps.caching.first_block.disable_first_block_cache
+    7. first_block_cache  first_block_cache.enabled      kind "first_block": fluxperf.steps.caching.first_block.
+                                                         disable_first_block_cache; "teacache": fluxperf.steps.
+                                                         caching.teacache.disable_teacache
     8. compile            compile.enabled                the compiled modules run eagerly again (their previous
                                                          `_compiled_call_impl`); dynamo's graphs stay in its
                                                          process-wide cache (torch._dynamo.reset() drops them)
@@ -172,9 +174,9 @@ def _undo_attention(pipe, memo) -> None:
 
 # -- 5. quantize (cannot be undone) --------------------------------------------------------------------------------
 def _stage_quantize(ctx: Context) -> dict:
-    from fluxperf.steps.quantize import quantize_float8
+    from fluxperf.steps.quantize import quantize_transformer
 
-    return quantize_float8(ctx.pipe.transformer, ctx.recipe.quantize)
+    return quantize_transformer(ctx.pipe.transformer, ctx.recipe.quantize)
 
 
 # -- 6./7. block caches ----------------------------------------------------------------------------------------------
@@ -193,17 +195,19 @@ def _undo_cache_dit(pipe, memo) -> None:
 
 
 def _stage_first_block_cache(ctx: Context) -> dict:
-    from fluxperf.steps.caching.first_block import apply_first_block_cache
-
-    return apply_first_block_cache(ctx.pipe, ctx.recipe.first_block_cache, variant=ctx.variant,
-                                   num_inference_steps=_need_steps(ctx, "first_block_cache"))
+    cfg = ctx.recipe.first_block_cache
+    if cfg.kind == "teacache":  # fluxperf's own hooks (diffusers 0.42.1 ships no TeaCache)
+        from fluxperf.steps.caching.teacache import apply_teacache as enable
+    else:
+        from fluxperf.steps.caching.first_block import apply_first_block_cache as enable
+    return enable(ctx.pipe, cfg, variant=ctx.variant, num_inference_steps=_need_steps(ctx, "first_block_cache"))
 
 
 def _undo_first_block_cache(pipe, memo) -> None:
-    from fluxperf.steps.caching.first_block import disable_first_block_cache, is_first_block_cache_enabled
+    from fluxperf.steps.caching.stats import active_cache, disable_active_cache
 
-    if is_first_block_cache_enabled(pipe):  # as for cache_dit
-        disable_first_block_cache(pipe)
+    if active_cache(pipe) in ("first_block", "teacache"):  # as for cache_dit
+        disable_active_cache(pipe)
 
 
 def _need_steps(ctx: Context, what: str) -> int:
@@ -263,7 +267,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("channels_last", lambda r: r.channels_last, _stage_channels_last, _undo_channels_last),
     Stage("attention", lambda r: r.attention.backend != "sdpa", _stage_attention, _undo_attention),
     Stage("quantize", lambda r: r.quantize.enabled, _stage_quantize, None,
-          irreversible="torchao replaced the transformer's Linear weights by float8 tensors; the originals are gone"),
+          irreversible="torchao replaced the transformer's Linear weights by float8 / int8 tensors; the originals "
+          "are gone"),
     Stage("cache_dit", lambda r: r.cache_dit.enabled, _stage_cache_dit, _undo_cache_dit),
     Stage("first_block_cache", lambda r: r.first_block_cache.enabled, _stage_first_block_cache,
           _undo_first_block_cache),

@@ -20,6 +20,13 @@ RUNG_GROUPS = {
     "float8": "float8",
     "flags": "flags",
     "export": "export",
+    # the FLUX.1-dev A100/H100 experiment table's step rungs (fp16 waits for bf16-free inputs in perf/conftest.py)
+    "fa2": "experiment",
+    "int8": "experiment",
+    "compile_int8": "experiment",
+    # flux-fast's deployed compile (whole model, max-autotune without CUDA graphs, fullgraph) on the flags stack:
+    # compare with step[flags] (the same stack compiled regionally, default mode) for compile and step time
+    "compile_faithful": "compile_faithful",
 }
 
 

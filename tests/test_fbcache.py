@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fluxperf.errors import FluxperfError, RecipeError, UnavailableError
+from fluxperf.errors import FluxperfError, RecipeError
 from fluxperf.recipe import CacheDitConfig, FirstBlockCacheConfig
 from fluxperf.steps.caching.first_block import (
     COMPILE_HINT,
@@ -48,10 +48,11 @@ def clean(tiny):
 
 
 # -- refusals -------------------------------------------------------------------------------------------
-def test_teacache_is_unavailable_in_this_diffusers(clean):
+def test_teacache_is_fluxperfs_own_not_this_modules(clean):
     _, pipe, _, _ = clean
-    assert not teacache_available()  # diffusers 0.42.1: flip this test when a TeaCache hook ships
-    with pytest.raises(UnavailableError, match=r"TeaCache is not available: diffusers .* ships no TeaCache.*kind='first_block'"):
+    # diffusers 0.42.1 ships no TeaCache hook: fluxperf.steps.caching.teacache is fluxperf's (tests/test_teacache.py)
+    assert not teacache_available()
+    with pytest.raises(RecipeError, match=r"kind='teacache'. Fix: fluxperf.steps.caching.teacache.apply_teacache"):
         apply_first_block_cache(pipe, _cfg(kind="teacache"), variant="dev", num_inference_steps=STEPS)
     assert not is_first_block_cache_enabled(pipe) and not pipe.transformer.is_cache_enabled
 

@@ -52,7 +52,8 @@ def test_every_combination_is_accepted_or_refused_with_one_line_naming_it(space)
                                                           "Fix: compile.fullgraph=False"]),
     ({"cache": "cache_dit", "compiler": "compile/whole/.*/fullgraph"}, ["cache_dit.enabled=True",
                                                                       "compile.scope='whole'", "regional"]),
-    ({"cache": "teacache"}, ["first_block_cache.kind='teacache'", "Fix: first_block_cache.kind='first_block'"]),
+    ({"cache": "teacache", "compiler": "compile/.*/fullgraph"}, ["kind='teacache'", "compile.fullgraph=True",
+                                                               "Fix: compile.fullgraph=False"]),
     ({"dtype": "float32", "attn": "cudnn"}, ["attention.backend='cudnn' with dtype='float32'", "bfloat16"]),
     ({"dtype": "float32", "attn": "flash"}, ["attention.backend='flash' with dtype='float32'", "bfloat16"]),
 ])
@@ -161,7 +162,7 @@ def test_the_cpu_part_covers_every_compile_scope_fullgraph_and_cache():
     names = {d["name"] for d in CPU_PART}
     assert FAST <= names
     for scope in ("regional", "whole"):
-        for cache in ("none", "cache_dit", "fbc"):
+        for cache in ("none", "cache_dit", "fbc", "teacache"):
             assert any(f"compile/{scope}/" in n and n.endswith(f"cache={cache}") for n in names), (scope, cache)
 
 

@@ -44,6 +44,10 @@ GROUPS = {
     "e2e_full": "end-to-end schnell, 4 steps with text encoders, full stack (flags rung)",
     "dev_cache": "FLUX.1-dev 28-step image, compiled: uncached, cache-dit F1B0, first-block cache",
     "kontext": "FLUX.1 Kontext (twice the image tokens): transformer step and 28-step image, compiled",
+    "experiment": "experiment-table step rungs: fa2 (SDPA flash), int8 (torchao int8, eager), compile_int8",
+    "experiment_dev": "experiment-table FLUX.1-dev 28-step images, eager: teacache, fa2_fbcache_float8, fa2_fbcache_int8",
+    "compile_faithful": "flux-fast's compile (whole model, max-autotune without CUDA graphs, fullgraph) on the flags "
+                        "stack; compare with step[flags]",
 }
 _KEY = pytest.StashKey["FluxperfState"]()
 _NEVER_HANDED_OVER = ("baseline_error", "not_measured", "no_baseline")

@@ -1,23 +1,33 @@
-"""torchao float8 dynamic activation + float8 weight quantization. The only module importing torchao.
+"""torchao dynamic quantization of the transformer's Linear layers: float8 (Float8DynamicActivationFloat8WeightConfig,
+flux-fast's) or int8 (Int8DynamicActivationInt8WeightConfig: per-token int8 activations, int8 weights). The only
+module importing torchao.
 
 Counts and reports conversions: torchao silently skips Linear layers whose dims are not multiples of 16
-(lesson 7), so the report says how many of how many Linear layers became float8, and which were skipped and why.
+(lesson 7), so the report says how many of how many Linear layers were quantized, and which were skipped and why.
+`quantize_transformer` picks the kind; the report's `quantized_count` is the generic count and `float8_count` /
+`int8_count` the per-kind ones (0 for the other kind), so `AppliedStack.float8_linear_count` keeps its meaning.
 
-Only layers whose float8 forward runs are converted (a `filter_fn` for quantize_); the others stay in the model's
-dtype and are reported in `skipped_reasons`:
+int8 (torchao 0.18, torchao/kernel/intmm.py): runs on CPU (`_int_scaled_matmul_cpu`) and CUDA (torch._int_mm via
+`safe_int_mm`). On CUDA a layer whose in/out features are not multiples of 8 silently takes the fallback that copies
+both operands to the CPU at every call; `int8_shape_reason` leaves such layers unconverted (reported). No GPU
+capability floor beyond what torch._int_mm needs; the probe below runs one forward per shape on the model's device.
+
+Only layers whose forward runs are converted (a `filter_fn` for quantize_); the others stay in the model's
+dtype and are reported in `skipped_reasons`. For float8:
 * the shape rule (`float8_shape_reason`, checked on any machine): torch._scaled_mm needs in and out features that
   are multiples of 16; and with tensor-wise scaling torchao 0.18 takes a 128x128 weight (block_size == shape ==
   (128, 128)) for a 128x128 BLOCK-scaled one (`_is_128_128_scaled` in float8_tensor.py's addmm) and asserts
   "input_tensor must be 1x128 scaled" at the first forward (row-wise weights have block_size (1, in): unaffected);
-* a probe (`float8_probe_reason`): one fresh Linear per distinct (in, out, bias) shape is quantized with the same
-  config and run once on the model's device; a shape whose forward raises is left unconverted, with the error.
+* a probe (`float8_probe_reason`, `probe_reason` for either kind): one fresh Linear per distinct (in, out, bias)
+  shape is quantized with the same config and run once on the model's device; a shape whose forward raises is left
+  unconverted, with the error.
 """
 
 from __future__ import annotations
 
 import functools
 
-from fluxperf.errors import UnavailableError
+from fluxperf.errors import RecipeError, UnavailableError
 from fluxperf.optional import install_hint, require
 from fluxperf.recipe import QuantizeConfig
 
@@ -86,23 +96,56 @@ def float8_config(granularity: str):
                                                      set_inductor_config=False)
 
 
+def int8_shape_reason(in_features: int, out_features: int, device_type: str) -> str | None:
+    """Why an int8 Linear of this shape should not be converted on `device_type` (None: it should).
+
+    Example:
+        >>> int8_shape_reason(24, 36, "cuda")[:40]
+        'in/out features 24->36: torchao\'s int8 m'
+        >>> int8_shape_reason(24, 36, "cpu") is None
+        True
+    """
+    if device_type == "cuda" and (in_features % 8 or out_features % 8):
+        return (f"in/out features {in_features}->{out_features}: torchao's int8 matmul (torch._int_mm) needs both to "
+                "be multiples of 8 on CUDA; torchao's fallback copies both operands to the CPU at every call")
+    return None
+
+
+def int8_config(granularity: str):
+    """torchao's Int8DynamicActivationInt8WeightConfig for "tensor" (PerTensor) or "row" (PerRow: per-token
+    activations, per-output-channel weights; torchao's default) scaling."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, PerTensor
+
+    # set_inductor_config=False: as for float8, no global inductor flags behind our back
+    return Int8DynamicActivationInt8WeightConfig(granularity=PerRow() if granularity == "row" else PerTensor(),
+                                                 set_inductor_config=False)
+
+
+_CONFIGS = {"float8": float8_config, "int8": int8_config}
+
+
 def float8_probe_reason(linear, granularity: str) -> str | None:
-    """Run one fresh Linear of `linear`'s shape through float8_config(granularity) on its device and dtype; the
-    error of its forward as a reason (None: it runs). Cached per (in, out, bias, dtype, device, granularity)."""
+    """probe_reason(linear, "float8", granularity)."""
+    return probe_reason(linear, "float8", granularity)
+
+
+def probe_reason(linear, kind: str, granularity: str) -> str | None:
+    """Run one fresh Linear of `linear`'s shape through the `kind` ("float8"/"int8") config on its device and dtype;
+    the error of its forward as a reason (None: it runs). Cached per (in, out, bias, dtype, device, kind, granularity)."""
     weight = linear.weight
     return _probe(linear.in_features, linear.out_features, linear.bias is not None, str(weight.dtype).split(".")[-1],
-                  str(weight.device), granularity)
+                  str(weight.device), granularity, kind)
 
 
 @functools.cache
-def _probe(in_features, out_features, bias, dtype, device, granularity) -> str | None:
+def _probe(in_features, out_features, bias, dtype, device, granularity, kind="float8") -> str | None:
     import torch
     from torchao.quantization import quantize_
 
     dtype = getattr(torch, dtype)
     probe = torch.nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
     # a config error (e.g. PerRow on fp32 weights) is the caller's, not a shape reason: it raises here
-    quantize_(probe, float8_config(granularity))
+    quantize_(probe, _CONFIGS[kind](granularity))
     x = torch.randn(2, 3, in_features, device=device, dtype=dtype)  # 3-D, 6 rows: as the transformer calls it
     try:
         with torch.no_grad():
@@ -110,8 +153,45 @@ def _probe(in_features, out_features, bias, dtype, device, granularity) -> str |
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)  # an asynchronous kernel error belongs to this probe
     except Exception as exc:  # recorded as the reason the layer stays unconverted (reported, never swallowed)
-        return f"torchao's float8 forward fails on {in_features}->{out_features}: {type(exc).__name__}: {exc}"
+        return f"torchao's {kind} forward fails on {in_features}->{out_features}: {type(exc).__name__}: {exc}"
     return None
+
+
+def quantize_transformer(module, cfg: QuantizeConfig) -> dict:
+    """Quantize `module` as `cfg.kind` says ("float8": quantize_float8, "int8": quantize_int8); see those.
+
+    Raises:
+        RecipeError: cfg.kind is "none" (nothing to quantize: the quantize stage should not run).
+    """
+    if cfg.kind == "float8":
+        return quantize_float8(module, cfg)
+    if cfg.kind == "int8":
+        return quantize_int8(module, cfg)
+    raise RecipeError(f"quantize.kind={cfg.kind!r}: nothing to quantize. Fix: 'float8' or 'int8'.")
+
+
+def quantize_int8(module, cfg: QuantizeConfig) -> dict:
+    """Quantize every Linear of `module` whose int8 forward runs (and, on CUDA, runs on the GPU), in place, with
+    Int8DynamicActivationInt8WeightConfig; the others keep their dtype and are reported.
+
+    Args:
+        module: the transformer (any device; bf16, fp16 or fp32 weights).
+        cfg: kind "int8"; granularity "row" (PerRow, torchao's default) or "tensor" (PerTensor).
+    Returns:
+        report: kind, linear_count, quantized_count, int8_count (= quantized_count), float8_count (0), skipped,
+        skipped_reasons ({name: why}), granularity, torchao version.
+    Raises:
+        UnavailableError: torchao is not installed.
+    """
+    torchao = require("torchao")
+    from torchao.quantization import Int8Tensor, quantize_
+
+    device_type = next(module.parameters()).device.type
+    names, reasons = linear_names(module), {}
+    quantize_(module, int8_config(cfg.granularity), filter_fn=_runnable_filter(
+        "int8", cfg.granularity, reasons, lambda m: int8_shape_reason(m.in_features, m.out_features, device_type)))
+    converted = _names_with_weight(module, Int8Tensor)
+    return _report(torchao, cfg, names, converted, reasons)
 
 
 def quantize_float8(module, cfg: QuantizeConfig) -> dict:
@@ -122,7 +202,8 @@ def quantize_float8(module, cfg: QuantizeConfig) -> dict:
         module: the transformer (on its GPU, in bf16).
         cfg: granularity "tensor" (PerTensor) or "row" (PerRow).
     Returns:
-        report: linear_count, float8_count, skipped (names of Linear layers left unconverted), skipped_reasons
+        report: kind, linear_count, quantized_count, float8_count (= quantized_count), int8_count (0), skipped
+        (names of Linear layers left unconverted), skipped_reasons
         ({name: why}), granularity, torchao version.
     """
     torchao = require("torchao")
@@ -135,29 +216,36 @@ def quantize_float8(module, cfg: QuantizeConfig) -> dict:
     from fluxperf.faults import active
 
     if not active("skip_float8"):  # the fault exists to prove the engagement guard catches a silent skip
-        quantize_(module, config, filter_fn=_runnable_filter(cfg.granularity, reasons))
-    converted = _float8_names(module)
+        quantize_(module, config, filter_fn=_runnable_filter(
+            "float8", cfg.granularity, reasons,
+            lambda m: float8_shape_reason(m.in_features, m.out_features, cfg.granularity)))
+    return _report(torchao, cfg, names, _float8_names(module), reasons)
+
+
+def _report(torchao, cfg: QuantizeConfig, names: list[str], converted: set[str], reasons: dict) -> dict:
     skipped = [n for n in names if n not in converted]
     return {
         "torchao": getattr(torchao, "__version__", None),
+        "kind": cfg.kind,
         "granularity": cfg.granularity,
         "linear_count": len(names),
-        "float8_count": len(converted),
+        "quantized_count": len(converted),
+        "float8_count": len(converted) if cfg.kind == "float8" else 0,
+        "int8_count": len(converted) if cfg.kind == "int8" else 0,
         "skipped": skipped,
         "skipped_reasons": {n: reasons.get(n, "torchao left it unconverted") for n in skipped},
     }
 
 
-def _runnable_filter(granularity: str, reasons: dict):
-    """quantize_'s filter_fn: a Linear passes if the shape rule and the probe say its float8 forward runs; the
-    reason of every refusal is recorded in `reasons` (fqn -> why)."""
+def _runnable_filter(kind: str, granularity: str, reasons: dict, shape_reason):
+    """quantize_'s filter_fn: a Linear passes if `shape_reason(linear)` (the kind's shape rule) and the probe say
+    its `kind` forward runs; the reason of every refusal is recorded in `reasons` (fqn -> why)."""
     import torch
 
     def keep(module, fqn: str) -> bool:
         if not isinstance(module, torch.nn.Linear):
             return False
-        reason = (float8_shape_reason(module.in_features, module.out_features, granularity)
-                  or float8_probe_reason(module, granularity))
+        reason = shape_reason(module) or probe_reason(module, kind, granularity)
         if reason is not None:
             reasons[fqn] = reason
         return reason is None
@@ -166,10 +254,24 @@ def _runnable_filter(granularity: str, reasons: dict):
 
 
 def _float8_names(module) -> set[str]:
+    return _names_with_weight(module, _float8_tensor_class())
+
+
+def _names_with_weight(module, weight_cls) -> set[str]:
     import torch
 
-    float8_cls = _float8_tensor_class()
-    return {n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and isinstance(m.weight, float8_cls)}
+    return {n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and isinstance(m.weight, weight_cls)}
+
+
+def int8_linear_count(module) -> int:
+    """Number of nn.Linear layers whose weight is a torchao Int8Tensor (0 without torchao imported)."""
+    import sys
+
+    if "torchao" not in sys.modules:  # never import torchao just to count: nothing can be int8 without it
+        return 0
+    from torchao.quantization import Int8Tensor
+
+    return len(_names_with_weight(module, Int8Tensor))
 
 
 def _float8_tensor_class():

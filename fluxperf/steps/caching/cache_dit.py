@@ -278,6 +278,10 @@ def _check_free(pipe, what: str) -> None:
             "transformer: both cache the blocks and would fight over them. Fix: enable only one "
             "(fluxperf.steps.caching.first_block.disable_first_block_cache)."
         )
+    other = enabled_cache(pipe)
+    if other is not None:  # TeaCache's hooks are fluxperf's own: the transformer's is_cache_enabled does not see them
+        raise RecipeError(f"{what} with the {other} cache enabled on the same pipeline: both cache the blocks and "
+                          "would fight over them. Fix: enable only one (fluxperf.steps.caching.stats.disable_active_cache).")
 
 
 def _state(pipe, what: str) -> _State:

@@ -1,11 +1,12 @@
-"""What fluxperf's two block caches share: the checks before enabling one, which cache is on a pipeline, the
-cache-dit pipeline-class patch, and the shape of per-call step counts.
+"""What fluxperf's block caches share: the checks before enabling one, which cache is on a pipeline, the
+cache-dit pipeline-class patch, the reset at the start of each pipeline call, and the shape of per-call step counts.
 
-The caches themselves live in `fluxperf.steps.caching.cache_dit` (cache-dit DBCache, the only importer of cache_dit) and
-`fluxperf.steps.caching.first_block` (diffusers' first-block cache); both import this module and neither imports the other.
+The caches themselves live in `fluxperf.steps.caching.cache_dit` (cache-dit DBCache, the only importer of cache_dit),
+`fluxperf.steps.caching.first_block` (diffusers' first-block cache) and `fluxperf.steps.caching.teacache` (TeaCache,
+fluxperf's diffusers-style hooks); each imports this module and none imports another.
 `fluxperf.steps.caching.stats` dispatches over them for callers that do not know which one a recipe enabled.
 
-One attribute on the pipeline, `STATE_ATTR`, holds the enabled cache's kind and its module's own state: the two
+One attribute on the pipeline, `STATE_ATTR`, holds the enabled cache's kind and its module's own state: the
 caches exclude each other, so one slot is the whole bookkeeping, and asking "which cache is on" reads one name.
 Importing this module imports neither torch, cache-dit nor diffusers.
 
@@ -24,7 +25,7 @@ from typing import Any
 from fluxperf.errors import FluxperfError, RecipeError
 
 STATE_ATTR = "_fluxperf_block_cache"
-KINDS = ("cache_dit", "first_block")
+KINDS = ("cache_dit", "first_block", "teacache")
 
 
 @dataclass
@@ -35,7 +36,8 @@ class _Slot:
 
 # -- which cache is on a pipeline --------------------------------------------------------------------------------
 def enabled_cache(pipe) -> str | None:
-    """"cache_dit", "first_block" or None: the block cache fluxperf enabled on `pipe` (and has not disabled)."""
+    """"cache_dit", "first_block", "teacache" or None: the block cache fluxperf enabled on `pipe` (and has not
+    disabled)."""
     slot = getattr(pipe, STATE_ATTR, None)
     return slot.kind if slot is not None else None
 
@@ -77,6 +79,23 @@ def pipeline_class_patched(cls: type) -> bool:
     """True while cache-dit has patched `cls.__call__` (it does so for the pipeline CLASS, so one cached pipeline
     changes every pipeline of its class in the process)."""
     return bool(getattr(cls, "_is_cached", False)) or "_original_call" in cls.__dict__
+
+
+def reset_at_call_start(pipe, reset):
+    """A wrapper of the pipeline's bound check_inputs that calls `reset()` first, for pipe.check_inputs.
+
+    Every diffusers FLUX pipeline calls `self.check_inputs(...)` before anything else, so the wrapper runs at the
+    start of each call: diffusers resets cache state only at the END of a call (`maybe_free_model_hooks`), which a
+    call that raised never reaches. The caller installs it (`pipe.check_inputs = wrapper`, an instance attribute)
+    and deletes it on disable.
+    """
+    original = pipe.check_inputs
+
+    def check_inputs(*args, **kwargs):
+        reset()
+        return original(*args, **kwargs)
+
+    return check_inputs
 
 
 # -- checks before enabling a cache ------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ What diffusers 0.42.1 does not do and this module does:
   counted their steps. fluxperf resets at the START of every pipeline call instead: every diffusers FLUX
   pipeline calls `self.check_inputs(...)` first, and an instance attribute wraps it (removed on disable).
 * TeaCache: diffusers 0.42.1 ships none (its hooks: FirstBlockCache, MagCache, TaylorSeer, SeaCache, FasterCache,
-  PyramidAttentionBroadcast), so kind="teacache" raises UnavailableError.
+  PyramidAttentionBroadcast); fluxperf's own is fluxperf.steps.caching.teacache (apply() picks it for
+  kind="teacache"), and this module refuses that kind.
 
 Compile (checked with dynamo on CPU): apply FBC before torch.compile, then compile regionally with
 fullgraph=False: `transformer.compile_repeated_blocks(fullgraph=False)`. The head block's hook calls a
@@ -36,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluxperf.errors import FluxperfError, RecipeError, UnavailableError
+from fluxperf.errors import FluxperfError, RecipeError
 from fluxperf.steps.caching.common import (
     attach,
     check_not_compiled,
@@ -44,6 +45,7 @@ from fluxperf.steps.caching.common import (
     check_variant,
     detach,
     enabled_cache,
+    reset_at_call_start,
     state_of,
     step_stats,
 )
@@ -98,7 +100,8 @@ def apply_first_block_cache(pipe, cfg, *, variant: str, num_inference_steps: int
     cfg.validate()
     what = "first_block_cache"
     if cfg.kind == "teacache":
-        _refuse_teacache()
+        raise RecipeError("apply_first_block_cache got first_block_cache.kind='teacache'. Fix: "
+                          "fluxperf.steps.caching.teacache.apply_teacache (fluxperf.apply picks it for this kind).")
     check_variant(variant, pipe, what)
     check_steps(num_inference_steps, 1, what)  # step 0 is always computed
     transformer = pipe.transformer
@@ -169,25 +172,15 @@ def is_first_block_cache_enabled(pipe) -> bool:
 
 
 # -- internals -----------------------------------------------------------------------------------------------
-def _refuse_teacache():
-    import diffusers
-
-    if teacache_available():
-        reason = f"diffusers {diffusers.__version__} has a TeaCache hook, but fluxperf does not wire it up yet"
-    else:
-        reason = (f"diffusers {diffusers.__version__} ships no TeaCache hook (diffusers.hooks has FirstBlockCache, "
-                  "MagCache, TaylorSeer, SeaCache, FasterCache, PyramidAttentionBroadcast)")
-    raise UnavailableError("TeaCache", reason, "use first_block_cache.kind='first_block' (or the cache_dit rungs)")
-
-
 def _check_free(pipe, what: str) -> None:
     transformer = pipe.transformer
     if is_first_block_cache_enabled(pipe):
         raise RecipeError(f"{what} is already enabled on this pipeline. Fix: disable_first_block_cache(pipe) first.")
-    if enabled_cache(pipe) == "cache_dit" or getattr(transformer, "_is_cached", False):
+    other = enabled_cache(pipe) or ("cache_dit" if getattr(transformer, "_is_cached", False) else None)
+    if other is not None:
         raise RecipeError(
-            f"{what} with cache_dit enabled on the same pipeline: both cache the transformer's blocks and would "
-            "fight over them. Fix: enable only one (fluxperf.steps.caching.cache_dit.disable_cache_dit first)."
+            f"{what} with {other} enabled on the same pipeline: both cache the transformer's blocks and would "
+            "fight over them. Fix: enable only one (fluxperf.steps.caching.stats.disable_active_cache first)."
         )
     if getattr(transformer, "is_cache_enabled", False):
         raise RecipeError(
@@ -225,16 +218,14 @@ def _fbc_hooks(transformer):
 def _reset_at_call_start(pipe, state: _State):
     """A wrapper of the pipeline's bound check_inputs that first drops the FBC state a previous call left behind
     (a call that raised never reached diffusers' end-of-call reset)."""
-    original = pipe.check_inputs
     transformer = pipe.transformer
 
-    def check_inputs(*args, **kwargs):
+    def reset() -> None:
         _close_own_context(state)
         state.decisions.clear()
         transformer._reset_stateful_cache()
-        return original(*args, **kwargs)
 
-    return check_inputs
+    return reset_at_call_start(pipe, reset)
 
 
 def _check_resettable(pipe, what: str) -> None:
