@@ -55,6 +55,7 @@ STEPS, WARMUP = 6, 2
 # Tiny random-weight blocks change their residual by ~0.4-0.9 per step: 9.0 caches every step it may.
 CACHE_DIT = {"enabled": True, "Fn": 1, "Bn": 0, "residual_diff_threshold": 9.0, "max_warmup_steps": WARMUP}
 FBC = {"enabled": True, "threshold": 4.9}
+TEACACHE = {"enabled": True, "kind": "teacache", "threshold": 4.9}
 
 
 @pytest.fixture
@@ -73,6 +74,7 @@ def test_no_cache_gives_none(dev):
 @pytest.mark.parametrize("step, config, kind, cached", [
     pytest.param("cache_dit", CACHE_DIT, "cache_dit", STEPS - WARMUP, marks=NEEDS_CACHE_DIT),  # all after warm-up
     ("first_block_cache", FBC, "first_block", STEPS - 1),  # every step after the first
+    ("first_block_cache", TEACACHE, "teacache", STEPS - 2),  # every step but the first and the last
 ])
 def test_stats_follow_the_cache_apply_enabled(dev, step, config, kind, cached):
     from fluxperf.apply import apply
@@ -118,3 +120,19 @@ def test_ladder_reports_cached_steps(monkeypatch, tmp_path):
     assert active_cache_on_class_is_off()
     df = table(result).set_index("rung")
     assert df.loc["cache_dit_f1b0", "cached_steps"] == STEPS - WARMUP
+
+
+def test_ladder_reports_teacache_steps(monkeypatch):
+    """The teacache rung through `fluxperf ladder` on CPU (bf16 tiny dev; a loose threshold stands in for the
+    published 0.4, which random tiny weights need not reach)."""
+    from fluxperf.measure import ladder_run
+    from fluxperf.measure.ladder_run import LadderOptions, run_ladder
+
+    loose = recipe_from({"base": "teacache", "first_block_cache": TEACACHE, "name": "teacache"})
+    real = ladder_run.recipe_from
+    monkeypatch.setattr(ladder_run, "recipe_from", lambda name: loose if name == "teacache" else real(name))
+    result = run_ladder(LadderOptions(variant="dev", device="cpu", size="tiny", steps=STEPS, rounds=1, warmup=0,
+                                      step_rounds=1, rungs=("bf16", "teacache")))
+    by_rung = {r.rung: r for r in result.rungs}
+    assert by_rung["teacache"].status == "ok", by_rung["teacache"].error
+    assert by_rung["teacache"].cached_steps == STEPS - 2 and by_rung["bf16"].cached_steps is None
