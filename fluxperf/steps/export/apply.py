@@ -50,7 +50,7 @@ from fluxperf.steps.export.call import (
 from fluxperf.steps.export.code import code_fingerprint
 from fluxperf.steps.export.cudagraph import CudaGraphRunner
 from fluxperf.steps.export.loader import LibstdcxxPreloadError
-from fluxperf.steps.export.weights import WeightsGuard, WeightsReplacedError
+from fluxperf.steps.export.weights import WeightsGuard, WeightsReplacedError, flat_constants
 
 __all__ = ["apply_export", "remove_export", "check_exportable", "cache_hooks", "export_program", "compile_package",
            "load_package", "constants_map", "install_adapters", "inductor_configs_for", "ExportError",
@@ -171,10 +171,9 @@ def compile_package(program, path: str, inductor_configs: dict[str, Any]) -> str
 
 
 def constants_map(module) -> dict:
-    """FQN -> tensor of every parameter and buffer (the names AOTInductor uses for the package's constants)."""
-    out = dict(module.named_parameters(remove_duplicate=False))
-    out.update(module.named_buffers(remove_duplicate=False))
-    return out
+    """FQN -> tensor of every parameter and buffer under the names AOTInductor uses for the package's constants,
+    tensor-subclass weights (torchao) also as their flattened inner tensors (fluxperf.steps.export.weights)."""
+    return flat_constants(module)
 
 
 def _device_index(module) -> int:
@@ -223,8 +222,8 @@ def load_package(path: str | Path, module, *, single_threaded: bool, weights: st
         if missing:
             raise ExportError(
                 f"package {path} needs {len(missing)} constants the live module does not have, e.g. {missing[:5]}; "
-                f"the module has e.g. {list(available)[:5]}. This happens when weights are tensor subclasses (torchao "
-                "quantization) whose exported constants are flattened, or when tracing lifted a tensor constant. Fix: "
+                f"the module has e.g. {list(available)[:5]}. This happens when tracing lifted a tensor constant, or a "
+                "tensor subclass flattens differently from torch's UnwrapTensorSubclass numbering. Fix: "
                 f"delete the package and rebuild; if it persists, export with weights='so' (${WEIGHTS_ENV}=so).")
         # detached plain tensors (same storage): the package must not see autograd state; `constants` stays
         # referenced from the loaded package for its whole life, since with user_managed it reads these tensors

@@ -202,9 +202,14 @@ def weights_fingerprint(module, samples: int = 64) -> str:
     checkpoint or a fine-tune changes it, at the cost of one small device-to-host copy per tensor.
     """
     import torch
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    from fluxperf.steps.export.weights import flat_constants
 
     digest = hashlib.sha256()
-    named = list(module.named_parameters()) + list(module.named_buffers())
+    # a tensor-subclass weight (torchao float8/int8) is hashed through its plain inner tensors (qdata, scale):
+    # the subclass itself cannot be flattened to 1-D
+    named = [(n, t) for n, t in flat_constants(module).items() if not is_traceable_wrapper_subclass(t)]
     with torch.no_grad():
         for name, tensor in sorted(named, key=lambda kv: kv[0]):
             flat = tensor.detach().reshape(-1)

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import weakref
 
 from fluxperf.errors import FluxperfError
@@ -37,6 +38,42 @@ _FIX = ("Fix: fluxperf.steps.export.apply.remove_export(pipe) and apply_export(.
 
 class WeightsReplacedError(FluxperfError, RuntimeError):
     """The module's weights were replaced after export and the package cannot follow them in its weights mode."""
+
+
+# AOTInductor hands a tensor-subclass weight (torchao Float8Tensor / Int8Tensor) to the package as its plain inner
+# tensors, named as torch.nn.utils.parametrize names them: "<path>.parametrizations.<leaf>.original<i>"
+# (torch._functorch._aot_autograd.subclass_parametrization.UnwrapTensorSubclass). Measured on the H200, 2026-11-29:
+# the float8 export rung's package asked for 350 such constants that the live module's parameter names lack.
+_PARAMETRIZED = re.compile(r"^(?P<path>(?:.+\.)?)parametrizations\.(?P<leaf>[^.]+)\.original\d+$")
+
+
+def owner_fqn(constant: str) -> str:
+    """The module parameter/buffer a package constant comes from ("a.parametrizations.weight.original1" ->
+    "a.weight"; a plain name is its own owner)."""
+    m = _PARAMETRIZED.match(constant)
+    return f"{m['path']}{m['leaf']}" if m else constant
+
+
+def flat_constants(module) -> dict:
+    """FQN -> tensor of every parameter and buffer, plus, for a tensor-subclass weight, its plain inner tensors
+    under the names AOTInductor gives them (same storage: a "user" package reads the live quantized weights).
+
+    The inner tensors come from torch's own UnwrapTensorSubclass.right_inverse, the function that numbered them at
+    export time, so names and order match the package's.
+    """
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    out = dict(module.named_parameters(remove_duplicate=False))
+    out.update(module.named_buffers(remove_duplicate=False))
+    for name, tensor in list(out.items()):
+        if is_traceable_wrapper_subclass(tensor):
+            from torch._functorch._aot_autograd.subclass_parametrization import UnwrapTensorSubclass
+
+            path, _, leaf = name.rpartition(".")
+            prefix = f"{path}." if path else ""
+            for i, inner in enumerate(UnwrapTensorSubclass().right_inverse(tensor.detach())):
+                out[f"{prefix}parametrizations.{leaf}.original{i}"] = inner
+    return out
 
 
 def _pointer(tensor) -> int | None:
@@ -55,12 +92,16 @@ class WeightsGuard:
         module: the wrapper module the package was exported from (constant names are its FQNs).
         fqns: the package's constant names that are this module's parameters/buffers.
         mode: the weights mode the package was loaded with ("user", "copy" or "so").
+
+    `fqns` may name the flattened inner tensors of a tensor-subclass weight (flat_constants): the guard watches
+    the owning parameter and hands the package all of its inner tensors again on a refresh.
     """
 
     def __init__(self, package, module, fqns, mode: str):
         self.package, self.module, self.mode = package, module, mode
+        self.constants = list(fqns)  # the package's names
         self.refreshes = 0
-        self._record(list(fqns))
+        self._record(list(dict.fromkeys(owner_fqn(n) for n in self.constants)))
 
     def _record(self, fqns: list[str]) -> None:
         self.fqns = fqns
@@ -120,14 +161,14 @@ class WeightsGuard:
         return True
 
     def _refresh(self, changed: list[str]) -> None:
-        current = {}
         for fqn, (table, leaf, _, _, dtype, shape) in zip(self.fqns, self._slots):
             new = table.get(leaf)
             if new is None or (new.dtype, tuple(new.shape)) != (dtype, shape):
                 raise WeightsReplacedError(
                     f"weight {fqn} was replaced by {'nothing' if new is None else f'a {new.dtype} tensor of shape {tuple(new.shape)}'}"
                     f", but the package was built for {dtype} {shape}. {_FIX.split(', or')[0]}.")
-            current[fqn] = new.detach()
+        flat = flat_constants(self.module)
+        current = {name: flat[name].detach() for name in self.constants}
         # the package reads these tensors from now on; they stay referenced for as long as it does
         self.package.load_constants(current, check_full_update=True, user_managed=True)
         self.package._fluxperf_constants = current
