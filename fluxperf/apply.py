@@ -6,9 +6,9 @@ Stage order (each stage runs iff its own recipe option asks for it; `plan(recipe
     2. fuse_qkv           fuse Q/K/V (transformer + VAE), drop the dead unfused projections
     3. channels_last      VAE in channels_last
     4. attention          install the attention backend's processor (before compile: the op must be traced)
-    5. quantize           torchao float8 (after fusion: the fused Linear gets quantized; before compile)
+    5. quantize           torchao float8 / int8 (after fusion: the fused Linear gets quantized; before compile)
     6. cache_dit          cache-dit DBCache hooks (before compile)
-    7. first_block_cache  diffusers first-block cache / TeaCache hooks (before compile)
+    7. first_block_cache  diffusers first-block cache, or TeaCache (fluxperf.steps.caching.teacache) (before compile)
     8. compile            torch.compile, inductor flags as compile options (scoped, never global)
     9. export             torch.export + AOTInductor packages under CUDA graphs (instead of compile)
 
@@ -85,6 +85,17 @@ class AppliedStack:
         return q["float8_count"] if q else 0
 
     @property
+    def quantized_linear_count(self) -> int:
+        """Linear layers torchao quantized (float8 or int8: `quantize_kind` says which)."""
+        q = self.step("quantize")
+        return q.get("quantized_count", q.get("float8_count", 0)) if q else 0
+
+    @property
+    def quantize_kind(self) -> str:
+        q = self.step("quantize")
+        return q.get("kind", "float8") if q else "none"
+
+    @property
     def attention_backend(self) -> str:
         a = self.step("attention")
         return a["backend"] if a else "sdpa"
@@ -106,6 +117,7 @@ class AppliedStack:
         return {
             "recipe": self.recipe.to_dict(), "variant": self.variant, "stages": self.stage_names,
             "qkv_fused": self.qkv_fused, "float8_linear_count": self.float8_linear_count,
+            "quantize_kind": self.quantize_kind, "quantized_linear_count": self.quantized_linear_count,
             "attention_backend": self.attention_backend, "inductor_flags": self.inductor_flags,
             "recompiles": self.recompiles,
             "steps": {s.name: _jsonable(s.details) for s in self.steps},

@@ -76,7 +76,8 @@ class PerfRunner:
 
         recipe = require_rung(rung_name)
         with _compile_cache(recipe), self._prepared(recipe, text_encoders=False, spec=spec) as (run, dyn0, info):
-            inputs = transformer_inputs(spec, dims_of_pipeline(run.pipe), device="cuda", dtype=torch.bfloat16)
+            # the rung's dtype (bf16, or fp16 for the fp16 rung): the transformer's own
+            inputs = transformer_inputs(spec, dims_of_pipeline(run.pipe), device="cuda", dtype=run.pipe.transformer.dtype)
             transformer = run.pipe.transformer
 
             def step():
@@ -101,7 +102,7 @@ class PerfRunner:
 
         recipe = require_rung(rung_name)
         with fresh_compile_cache(), self._prepared(recipe, text_encoders=False, slowdown=False) as (run, dyn0, info):
-            latents = vae_latents(SPEC, dims_of_pipeline(run.pipe), device="cuda", dtype=torch.bfloat16)
+            latents = vae_latents(SPEC, dims_of_pipeline(run.pipe), device="cuda", dtype=run.pipe.vae.dtype)
             vae = run.pipe.vae
             run.pipe.transformer = None  # only the VAE stays on the GPU while it is measured
             free_gpu()
@@ -151,8 +152,9 @@ class PerfRunner:
                 run, dyn0, info):
             pipe, dims = run.pipe, dims_of_pipeline(run.pipe)
             # seeded stand-ins for T5 and CLIP pooled: the text encoders stay off
-            embeds = stand_in_prompt_embeds(spec, dims, seed=0, device="cuda", dtype=torch.bfloat16)
-            latents = initial_latents(spec, dims, 0, device="cuda", dtype=torch.bfloat16)
+            dtype = pipe.transformer.dtype  # bf16, or fp16 for an fp16 rung
+            embeds = stand_in_prompt_embeds(spec, dims, seed=0, device="cuda", dtype=dtype)
+            latents = initial_latents(spec, dims, 0, device="cuda", dtype=dtype)
             generate = image_call(pipe, spec.variant, spec, steps=steps, seed=0, embeds=embeds, latents=latents,
                                   output_type="np")
             first = timed_call(generate)

@@ -5,7 +5,7 @@ embeddings and initial noise, transformer inputs and VAE latents from fluxperf.m
 
 Engagement evidence (what a guard checks besides closeness):
     compiled_modules, graph_breaks, recompiles   torch.compile engaged, fullgraph, no recompiles over steps
-    float8_count / float8_expected               every eligible Linear became float8
+    float8_count / float8_expected               every eligible Linear became float8 (int8_count for int8)
     attention_op_calls                           the custom attention op ran (profiler events per forward)
     vae_channels_last                            VAE weights really are channels_last
 """
@@ -95,6 +95,7 @@ def _measure(name: str, recipe, pipe, stack, reference: dict) -> dict[str, Any]:
         "recompiles": counters["stats"]["unique_graphs"] - graphs_after_first,
         "compiled_modules": (stack.compile or {}).get("compiled_modules", 0),
         "float8_count": stack.float8_linear_count,
+        "int8_count": (stack.step("quantize") or {}).get("int8_count", 0),
         "float8_expected": _eligible_linears(pipe.transformer) if recipe.quantize.enabled else 0,
         "attention": attention,
         "attention_op_calls": _op_calls_per_forward(pipe, inputs, (attention or {}).get("op")),
