@@ -64,10 +64,16 @@ def _yaml(tmp_path, text: str) -> str:
 
 # -- the real command on the tiny model -----------------------------------------------------------------------------
 def test_generate_writes_the_image_and_reports_stack_and_timing(tmp_path, capsys):
-    out = tmp_path / "img" / "car.png"
+    from fluxperf.measure.trace import region_counts
+
+    out, trace = tmp_path / "img" / "car.png", tmp_path / "trace" / "t.json.gz"
     assert main(["generate", "--prompt", "a red car", "--steps", "2", "--width", "96", "--output-file", str(out),
-                 "--no-compile", "--no-flags"]) == 0
+                 "--no-compile", "--no-flags", "--trace-file", str(trace)]) == 0
     captured = capsys.readouterr()
+    # --trace-file: one more call, profiled, every stage region present, one denoising_step per step
+    assert region_counts(trace) == {"prompt_encoding": 1, "denoising_step": 2, "decoding": 1, "postprocessing": 1,
+                                    "pil_conversion": 1}
+    assert "stages of the traced call (ms): " in captured.err
     from PIL import Image
 
     with Image.open(out) as image:
@@ -158,6 +164,7 @@ REFUSALS = [
     (["--device", "cuda"], ["--device", "no CUDA GPU", "Fix: use cpu"]),
     (["--size", "tiny", "--checkpoint", "some/model"], ["--size tiny with --checkpoint", "Fix: drop --size"]),
     (["--output-file", "out.txt"], ["--output-file", "'.txt'", "Fix: end it in .png"]),
+    (["--trace-file", "t.txt", "--no-export"], ["--trace-file", "t.txt", ".json"]),
     (["--use-cached-model"], ["--use-cached-model with export off", "CUDA GPU", "Fix: drop --use-cached-model"]),
     (["--cache-dir", "/tmp/x"], ["--cache-dir", "without --use-cached-model", "Fix: add --use-cached-model"]),
     (["--no-compile"], ["inductor_flags.enabled=True", "inductor_flags.enabled <- --no-flags",

@@ -90,6 +90,10 @@ def make_plan(args) -> Plan:
     cache_dir = _package_cache(args, data, device, OptionError)
     recipe = _recipe(data, OptionError)
     _check_needs(recipe, device, OptionError)
+    if args.trace_file:
+        from fluxperf.measure.trace import check_trace_path
+
+        check_trace_path(args.trace_file, option="--trace-file", error=OptionError)
     return Plan(variant=args.variant, size=size, device=device,
                 height=args.height if args.height is not None else side,
                 width=args.width if args.width is not None else side, steps=steps, seed=args.seed,

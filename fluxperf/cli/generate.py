@@ -73,7 +73,10 @@ def register(subparsers) -> None:
     switches = p.add_argument_group("switches", "each turns one step of the top rung off")
     for switch in SWITCHES:
         switches.add_argument(switch.flag, action="store_true", help=switch.help)
-    # --trace-file: the trace module's owner adds the option here and its context in trace_context() below.
+    p.add_argument("--trace-file", type=opt("trace_file"), metavar="TRACE.json[.gz]",
+                   help="also write a PyTorch profiler Chrome trace of one more call after the first (warm: no "
+                        "compilation) with regions prompt_encoding, denoising_step, decoding, postprocessing, "
+                        "pil_conversion; .json.gz is gzip-compressed")
     p.set_defaults(func=run)
 
 
@@ -92,12 +95,6 @@ def run(args) -> int:
     except FluxperfError as exc:  # a stage refused (the message names the value, the rule and the fix)
         print(f"{OPTION_PREFIX}{exc}", file=sys.stderr)
         return 1
-
-
-def trace_context(args):
-    """The context the first pipeline call runs in. A placeholder for `--trace-file` (the trace module's owner
-    returns its profiler context here when the option is given)."""
-    return contextlib.nullcontext()
 
 
 def generate(plan, args) -> int:
@@ -126,6 +123,14 @@ def generate(plan, args) -> int:
                       before_apply=lambda pipe: say(f"[2/3] applying the recipe{_apply_hint(recipe)} ...")) as run:
             say(f"[3/3] generating (first call{', compiles' if recipe.compile.enabled else ''}) ...")
             image, first_s = _first_call(run.pipe, plan, args)
+            if args.trace_file:  # one more call, warm (no compilation in the trace), with the stage regions
+                from fluxperf.measure.trace import traced
+
+                say(f"tracing one more (warm) call to {args.trace_file} ...")
+                with traced(run.pipe, args.trace_file, device=plan.device) as regions:
+                    image, _ = _first_call(run.pipe, plan, args)
+                say("stages of the traced call (ms): " + ", ".join(
+                    f"{k} {v:.1f}" for k, v in regions.breakdown()["median_ms"].items()))
             summary = _summary(run.stack) + _cache_stats(run.pipe)
             packages = _outcome(run.stack) if plan.use_cached else []
             build_s, apply_s = run.build_s, run.setup_s
@@ -184,7 +189,7 @@ def _first_call(pipe, plan, args):
     pipe.set_progress_bar_config(disable=False, desc="denoising", file=sys.stderr)
     generator = torch.Generator("cpu").manual_seed(plan.seed)  # same noise on every device
     t0 = time.perf_counter()
-    with trace_context(args), torch.inference_mode():
+    with torch.inference_mode():
         image = pipe(prompt=plan.prompt, height=plan.height, width=plan.width, num_inference_steps=plan.steps,
                      guidance_scale=VARIANT_DEFAULTS[plan.variant]["guidance"],
                      max_sequence_length=plan.spec.text_tokens, generator=generator).images[0]
