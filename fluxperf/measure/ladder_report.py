@@ -19,7 +19,7 @@ from fluxperf.measure.ladder_run import LadderResult
 
 IMAGE_STATS = stat_columns("image_")  # image_avg_ms, image_min_ms, image_p50_ms, image_p90_ms, image_p99_ms
 COLUMNS = ["rung", "status", "image_runs", *IMAGE_STATS, "step_median_ms", "speedup_step", "psnr_db", "ssim",
-           "max_abs_error", "cached_steps", "quantized_linear", "attention", "apply_s", "peak_memory_gib", "error"]
+           "max_abs_error", "cached_steps", "syncs_per_step", "quantized_linear", "attention", "apply_s", "peak_memory_gib", "error"]
 
 
 def table(result: LadderResult):
@@ -38,6 +38,7 @@ def table(result: LadderResult):
             "step_median_ms": step,
             "speedup_step": (ref.step_ms["median_ms"] / step) if (ref and step) else None,
             "psnr_db": r.psnr_db, "ssim": r.ssim, "max_abs_error": r.max_abs_error, "cached_steps": r.cached_steps,
+            "syncs_per_step": (r.host_syncs or {}).get("per_step_mean"),
             "quantized_linear": _quantized(applied), "attention": applied.get("attention_backend"),
             "apply_s": r.apply_s, "peak_memory_gib": r.peak_memory_gib, "error": r.error,
         })

@@ -142,6 +142,7 @@ class RungResult:
     image_latency: dict[str, Any] | None = None  # fluxperf.bench.latency.LatencyStats.to_dict() of those calls
     stages: dict[str, Any] | None = None  # StageRecorder.breakdown() of the timed image calls
     trace_file: str | None = None  # the Chrome trace written for this rung (options.trace_file)
+    host_syncs: dict[str, Any] | None = None  # fluxperf.measure.host_sync.StepSyncs.to_dict() of one warm call (CUDA)
     step_ms: dict[str, Any] | None = None
     apply_s: float | None = None
     applied: dict[str, Any] | None = None
@@ -245,6 +246,7 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
         image_t = time_fn(regions.timed(call), warmup=opts.warmup, rounds=opts.rounds, device=opts.device,
                           progress=say)
     result.stages = regions.breakdown(last=opts.rounds)
+    result.host_syncs = _host_syncs(pipe, call, opts.device)
     latency = latency_stats(image_t.samples_ms)
     result.image_latency = latency.to_dict()
     # Timing's p90 interpolates whatever the rounds are; the ladder reports percentiles only from enough runs
@@ -262,6 +264,16 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
     progress(f"[ladder] {name}: image avg {latency.avg_ms:.1f} ms, p50 {cell_text(latency, 50, '{:.1f}')}, p90 "
              f"{cell_text(latency, 90, '{:.1f}')} over {latency.n} runs, step {step_t.median_ms:.2f} ms, apply "
              f"{result.apply_s:.1f} s, first call {image_t.warmup_ms[0] if image_t.warmup_ms else float('nan'):.0f} ms")
+
+
+def _host_syncs(pipe, call, device: str) -> dict[str, Any] | None:
+    """Host syncs per denoising step of one more (warm) call, on CUDA (the flux-fast lesson: one `.item()` per step
+    stalls the compiled graph); None where they cannot be observed (CPU)."""
+    from fluxperf.measure.host_sync import observable, syncs_per_step
+
+    if not (device.startswith("cuda") and observable()):
+        return None
+    return syncs_per_step(pipe, call).to_dict()
 
 
 def _final_image(pipe, call, name: str, opts: LadderOptions, result: RungResult):
