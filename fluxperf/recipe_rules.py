@@ -6,15 +6,16 @@ Each rule takes a Recipe and raises `RecipeError` naming the combination, why it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from fluxperf.errors import RecipeError
 
-if TYPE_CHECKING:
-    from fluxperf.recipe import Recipe
+# A fluxperf.recipe.Recipe. Not imported, even for type checking: recipe.py imports these rules, and the one arrow
+# between the two modules points down (recipe -> recipe_rules).
+RecipeLike = Any
 
 
-def _rule_flags_need_compiler(r: Recipe) -> None:
+def _rule_flags_need_compiler(r: RecipeLike) -> None:
     if r.inductor_flags.enabled and not (r.compile.enabled or r.export.enabled):
         raise RecipeError(
             "inductor_flags.enabled=True with compile.enabled=False and export.enabled=False: the flags only change "
@@ -22,7 +23,7 @@ def _rule_flags_need_compiler(r: Recipe) -> None:
         )
 
 
-def _rule_export_replaces_compile(r: Recipe) -> None:
+def _rule_export_replaces_compile(r: RecipeLike) -> None:
     if r.export.enabled and r.compile.enabled:
         raise RecipeError(
             "export.enabled=True with compile.enabled=True: export builds AOTInductor packages, which replace "
@@ -30,7 +31,7 @@ def _rule_export_replaces_compile(r: Recipe) -> None:
         )
 
 
-def _rule_export_no_caching(r: Recipe) -> None:
+def _rule_export_no_caching(r: RecipeLike) -> None:
     for name, cfg in (("cache_dit", r.cache_dit), ("first_block_cache", r.first_block_cache)):
         if r.export.enabled and cfg.enabled:
             kind = f" (kind={cfg.kind!r})" if name == "first_block_cache" else ""
@@ -41,7 +42,7 @@ def _rule_export_no_caching(r: Recipe) -> None:
             )
 
 
-def _rule_one_cache(r: Recipe) -> None:
+def _rule_one_cache(r: RecipeLike) -> None:
     if r.cache_dit.enabled and r.first_block_cache.enabled:
         raise RecipeError(
             "cache_dit.enabled=True with first_block_cache.enabled=True: both cache the transformer's blocks and "
@@ -49,7 +50,7 @@ def _rule_one_cache(r: Recipe) -> None:
         )
 
 
-def _rule_cache_no_cudagraphs(r: Recipe) -> None:
+def _rule_cache_no_cudagraphs(r: RecipeLike) -> None:
     cache = _active_cache(r)
     if cache and r.compile.enabled and r.compile.mode in ("reduce-overhead", "max-autotune"):
         raise RecipeError(
@@ -58,7 +59,7 @@ def _rule_cache_no_cudagraphs(r: Recipe) -> None:
         )
 
 
-def _rule_fbc_breaks_the_graph(r: Recipe) -> None:
+def _rule_fbc_breaks_the_graph(r: RecipeLike) -> None:
     # fluxperf.steps.caching.first_block.COMPILE_HINT and .teacache.COMPILE_HINT: the head block's hook calls a
     # torch.compiler.disable'd decision inside the compiled block (dynamo: "Skip inlining
     # `torch.compiler.disable()`d function"), whatever the scope; both kinds.
@@ -72,7 +73,7 @@ def _rule_fbc_breaks_the_graph(r: Recipe) -> None:
         )
 
 
-def _rule_cache_dit_whole_fullgraph(r: Recipe) -> None:
+def _rule_cache_dit_whole_fullgraph(r: RecipeLike) -> None:
     # fluxperf.steps.caching.cache_dit.COMPILE_HINT: whole-model fullgraph=True fails on cache-dit's mock.patch forward wrapper.
     c = r.compile
     if r.cache_dit.enabled and c.enabled and c.scope == "whole" and c.fullgraph:
@@ -102,13 +103,13 @@ def check_mode_agrees_with_flags(mode: str | None, flags: dict[str, bool]) -> di
     return options
 
 
-def _rule_mode_agrees_with_flags(r: Recipe) -> None:
+def _rule_mode_agrees_with_flags(r: RecipeLike) -> None:
     c = r.compile
     if c.enabled and r.inductor_flags.enabled:
         check_mode_agrees_with_flags(c.mode, r.inductor_flags.options())
 
 
-def _rule_no_cudagraph_tree_modes(r: Recipe) -> None:
+def _rule_no_cudagraph_tree_modes(r: RecipeLike) -> None:
     # Measured on the H200 (2026-11-29, tests/gpu/test_recipe_space_gpu.py on the tiny schnell pipeline, torch 2.11):
     # regional reduce-overhead / max-autotune failed at the second block call ("accessing tensor output of CUDAGraphs
     # that has been overwritten by a subsequent run": every block of a stack shares one compiled region), and whole-
@@ -128,7 +129,7 @@ _HALF_ONLY = {"cudnn": "SDPA's cuDNN kernel", "flash": "SDPA's flash kernel", "f
               "fa3_fp8": "FlashAttention-3 (fp8)", "aiter_fp8": "aiter's fp8 attention"}
 
 
-def _rule_low_precision_needs_half(r: Recipe) -> None:
+def _rule_low_precision_needs_half(r: RecipeLike) -> None:
     # int8 (Int8DynamicActivationInt8WeightConfig) runs on bf16, fp16 and fp32 weights: checked on CPU, torchao 0.18
     if r.quantize.kind == "float8" and r.dtype != "bfloat16":
         raise RecipeError(
@@ -144,7 +145,7 @@ def _rule_low_precision_needs_half(r: Recipe) -> None:
         )
 
 
-def _active_cache(r: Recipe) -> str | None:
+def _active_cache(r: RecipeLike) -> str | None:
     return "cache_dit" if r.cache_dit.enabled else ("first_block_cache" if r.first_block_cache.enabled else None)
 
 
