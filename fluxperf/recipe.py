@@ -204,6 +204,49 @@ class FirstBlockCacheConfig(_StepConfig):
     threshold: float = checked(0.2, lo=0, hi=5, open_lo=True, open_hi=True, fix="use a number such as 0.15-0.4")
 
 
+# -- parallel (issue 16) --------------------------------------------------------------------------------------
+# diffusers backend names under context parallelism: the diffusers processor's own dispatch (fluxperf's processors
+# ignore diffusers' parallel config). "native": SDPA picks the kernel; ring needs a kernel returning the log-sum-exp.
+CP_ATTENTION = {"native": "native", "flash": "_native_flash", "cudnn": "_native_cudnn"}
+
+
+@dataclass(frozen=True)
+class ParallelConfig(_StepConfig):
+    """Context parallelism of the transformer over several GPUs (fluxperf.steps.parallel: diffusers'
+    `enable_parallelism` with a `ContextParallelConfig`; one process per GPU, fluxperf.parallel_launch).
+
+    Args:
+        enabled: split each step's sequence over `ulysses_degree * ring_degree` processes.
+        ulysses_degree: Ulysses (all-to-all over heads) degree, 1-8; FLUX.1's 24 heads: 2, 3, 4, 6 or 8.
+        ring_degree: ring attention degree, 1-8.
+        attention: the diffusers attention backend under parallelism: "native" (SDPA picks), "flash"
+            (`_native_flash`) or "cudnn" (`_native_cudnn`); ring needs "flash" or "cudnn" (it merges partial
+            results by their log-sum-exp, which diffusers' native backend does not return).
+    """
+
+    SECTION: ClassVar[str] = "parallel"
+    enabled: bool = checked(False)
+    ulysses_degree: int = checked(1, lo=1, hi=8)
+    ring_degree: int = checked(1, lo=1, hi=8)
+    attention: str = checked("native", choices=tuple(CP_ATTENTION))
+
+    @property
+    def world_size(self) -> int:
+        """Processes (GPUs) the recipe runs on: 1 when disabled."""
+        return self.ulysses_degree * self.ring_degree if self.enabled else 1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.enabled and self.ulysses_degree * self.ring_degree < 2:
+            raise RecipeError("parallel.enabled=True with ulysses_degree=1 and ring_degree=1: nothing to split. "
+                              "Fix: ulysses_degree=2 (or ring_degree=2).")
+        if self.enabled and self.ring_degree > 1 and self.attention == "native":
+            raise RecipeError(
+                f"parallel.ring_degree={self.ring_degree} with parallel.attention='native': ring attention merges "
+                "partial results by their log-sum-exp, which diffusers' native (SDPA) backend does not return. "
+                "Fix: parallel.attention='cudnn' or 'flash'.")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything to apply to a pipeline. Build with the ladder (`fluxperf.ladder.rung`) or from a dict.
@@ -226,6 +269,7 @@ class Recipe:
     export: ExportConfig = checked(factory=ExportConfig)
     cache_dit: CacheDitConfig = checked(factory=CacheDitConfig)
     first_block_cache: FirstBlockCacheConfig = checked(factory=FirstBlockCacheConfig)
+    parallel: ParallelConfig = checked(factory=ParallelConfig)
 
     def __post_init__(self):
         self.validate()
@@ -294,4 +338,5 @@ _NESTED = {
     "export": ExportConfig,
     "cache_dit": CacheDitConfig,
     "first_block_cache": FirstBlockCacheConfig,
+    "parallel": ParallelConfig,
 }

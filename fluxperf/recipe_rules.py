@@ -145,6 +145,32 @@ def _rule_low_precision_needs_half(r: RecipeLike) -> None:
         )
 
 
+def _rule_parallel_alone_where_needed(r: RecipeLike) -> None:
+    # Context parallelism (fluxperf.steps.parallel) shards each step's sequence over ranks and exchanges it inside
+    # every attention call (NCCL all-to-all / all-gather): what cannot take part in that is refused here.
+    p = r.parallel
+    if not p.enabled:
+        return
+    what = f"parallel.enabled=True (ulysses_degree={p.ulysses_degree}, ring_degree={p.ring_degree})"
+    if r.export.enabled:
+        raise RecipeError(
+            f"{what} with export.enabled=True: an AOTInductor package is built and replayed (CUDA graphs) for one "
+            "GPU, with no place for the collectives of context parallelism. Fix: compile instead of export "
+            "(the cp2_* rungs do), or disable parallel.")
+    cache = _active_cache(r)
+    if cache:
+        raise RecipeError(
+            f"{what} with {cache}.enabled=True: the cache decides per step from the residuals each rank sees, which "
+            "under context parallelism are its own shard of the sequence: ranks can decide differently and one "
+            "then waits forever in the attention's collective. Fix: disable the cache, or parallel.")
+    if r.attention.backend != "sdpa":
+        raise RecipeError(
+            f"{what} with attention.backend={r.attention.backend!r}: fluxperf's attention processors ignore "
+            "diffusers' parallel config, so each rank would attend over its own shard only (a silently wrong "
+            "image). Fix: attention.backend='sdpa' and pick the kernel with parallel.attention ('native', "
+            "'flash', 'cudnn').")
+
+
 def _active_cache(r: RecipeLike) -> str | None:
     return "cache_dit" if r.cache_dit.enabled else ("first_block_cache" if r.first_block_cache.enabled else None)
 
@@ -160,4 +186,5 @@ COMBINATION_RULES = (
     _rule_low_precision_needs_half,
     _rule_mode_agrees_with_flags,
     _rule_no_cudagraph_tree_modes,
+    _rule_parallel_alone_where_needed,
 )

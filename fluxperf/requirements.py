@@ -7,6 +7,8 @@
                (fluxperf.steps.quantize.check_float8_hardware); int8 runs anywhere (CPU included)
     cache_dit  cache-dit
     export     a CUDA GPU (AOTInductor packages and CUDA graphs are built for one GPU)
+    parallel   N CUDA GPUs (N = ulysses_degree * ring_degree; hardware name "gpus<N>"), or an initialized process
+               group of N ranks (fluxperf.steps.parallel.unavailable: what apply() checks)
 
 Stages that are not in the plan need nothing, nor does an attention backend with `fallback="sdpa"` (apply falls
 back and records why instead of refusing). `missing(recipe)` checks each need on this machine the way apply()
@@ -178,11 +180,24 @@ def _export_needs(recipe: Recipe) -> tuple[Need, ...]:
     return (Need("hardware", "cuda", "export", "export.enabled=True", _export_check),)
 
 
+def _parallel_needs(recipe: Recipe) -> tuple[Need, ...]:
+    cfg = recipe.parallel
+
+    def check(device) -> UnavailableError | None:
+        from fluxperf.steps.parallel import unavailable
+
+        return unavailable(cfg, device)
+
+    setting = f"parallel.enabled=True (ulysses_degree={cfg.ulysses_degree}, ring_degree={cfg.ring_degree})"
+    return (Need("hardware", f"gpus{cfg.world_size}", "parallel", setting, check),)
+
+
 _STAGE_NEEDS: dict[str, Callable[[Recipe], tuple[Need, ...]]] = {
     "attention": _attention_needs,
     "quantize": _quantize_needs,
     "cache_dit": _cache_dit_needs,
     "export": _export_needs,
+    "parallel": _parallel_needs,
 }
 
 

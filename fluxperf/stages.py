@@ -11,13 +11,16 @@
     7. first_block_cache  first_block_cache.enabled      kind "first_block": fluxperf.steps.caching.first_block.
                                                          disable_first_block_cache; "teacache": fluxperf.steps.
                                                          caching.teacache.disable_teacache
+    7b. parallel          parallel.enabled               fluxperf.steps.parallel.remove_parallel (the _cp_plan hooks,
+                                                         the parallel config, the attention backend it set)
     8. compile            compile.enabled                the compiled modules run eagerly again (their previous
                                                          `_compiled_call_impl`); dynamo's graphs stay in its
                                                          process-wide cache (torch._dynamo.reset() drops them)
     9. export             export.enabled                 fluxperf.steps.export.apply.remove_export
 
 Why this order: attention before compile (the op must be traced), quantize after fusion (the fused Linear gets
-quantized) and before compile, caching before compile (the hooks are traced around), export instead of compile.
+quantized) and before compile, caching before compile (the hooks are traced around), export instead of compile; parallel after the
+steps that change weights and processors and before compile (the compiled blocks trace the collectives).
 fluxperf.apply runs them (apply) and undoes them in reverse (remove).
 """
 
@@ -219,6 +222,21 @@ def _need_steps(ctx: Context, what: str) -> int:
     return ctx.steps
 
 
+# -- 7b. parallel (context parallelism; the process group comes from fluxperf.parallel_launch) -----------------------
+def _stage_parallel(ctx: Context) -> dict:
+    from fluxperf.steps.parallel import apply_parallel
+
+    report = apply_parallel(ctx.pipe.transformer, ctx.recipe.parallel, spec=ctx.spec)
+    ctx.memo = {"backend_set": report["attention"] != "native"}
+    return report
+
+
+def _undo_parallel(pipe, memo) -> None:
+    from fluxperf.steps.parallel import remove_parallel
+
+    remove_parallel(pipe.transformer, memo["backend_set"])
+
+
 # -- 8. compile ------------------------------------------------------------------------------------------------------
 def _stage_compile(ctx: Context) -> dict:
     from fluxperf.steps.compile import compile_transformer, compile_vae_decoder
@@ -272,6 +290,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("cache_dit", lambda r: r.cache_dit.enabled, _stage_cache_dit, _undo_cache_dit),
     Stage("first_block_cache", lambda r: r.first_block_cache.enabled, _stage_first_block_cache,
           _undo_first_block_cache),
+    Stage("parallel", lambda r: r.parallel.enabled, _stage_parallel, _undo_parallel),
     Stage("compile", lambda r: r.compile.enabled, _stage_compile, _undo_compile),
     Stage("export", lambda r: r.export.enabled, _stage_export, _undo_export),
 )
