@@ -138,7 +138,6 @@ class PerfRunner:
                 dyn_before=dyn0)
 
     def _image(self, recipe, spec: ShapeSpec, steps: int) -> dict:
-        import torch
 
         from fluxperf.bench.harness import Bench, fresh_compile_cache, timed_call
         from fluxperf.measure.ladder_run import image_call

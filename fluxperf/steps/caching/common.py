@@ -98,6 +98,18 @@ def reset_at_call_start(pipe, reset):
     return check_inputs
 
 
+def install_hooks(pipe, kind: str, state, pre_hook, post_hook, reset) -> None:
+    """Hook the transformer's whole forward (pre: decide, post: record; the post hook runs also when the forward
+    raised), reset the cache at the start of every pipeline call (reset_at_call_start) and attach `state` to the
+    pipeline under `kind`. `state` needs `handles` and `check_inputs` attributes (detach() undoes all three)."""
+    transformer = pipe.transformer
+    state.handles = [transformer.register_forward_pre_hook(pre_hook, with_kwargs=True),
+                     transformer.register_forward_hook(post_hook, with_kwargs=True, always_call=True)]
+    state.check_inputs = reset_at_call_start(pipe, reset)
+    pipe.check_inputs = state.check_inputs
+    attach(pipe, kind, state)
+
+
 # -- checks before enabling a cache ------------------------------------------------------------------------------
 def check_variant(variant: str, pipe, what: str) -> None:
     """Refuse schnell (by name or by a transformer without guidance embedding): 4 steps leave nothing to cache.

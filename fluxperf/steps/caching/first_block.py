@@ -39,13 +39,12 @@ from typing import Any
 
 from fluxperf.errors import FluxperfError, RecipeError
 from fluxperf.steps.caching.common import (
-    attach,
     check_not_compiled,
     check_steps,
     check_variant,
     detach,
     enabled_cache,
-    reset_at_call_start,
+    install_hooks,
     state_of,
     step_stats,
 )
@@ -118,13 +117,7 @@ def apply_first_block_cache(pipe, cfg, *, variant: str, num_inference_steps: int
         "tail_block": tail_name, "num_inference_steps": num_inference_steps,
         "max_cacheable_steps": num_inference_steps - 1, "compile": COMPILE_HINT,
     })
-    state.handles = [
-        transformer.register_forward_pre_hook(_pre_hook(state), with_kwargs=True),
-        transformer.register_forward_hook(_post_hook(state), with_kwargs=True, always_call=True),
-    ]
-    state.check_inputs = _reset_at_call_start(pipe, state)
-    pipe.check_inputs = state.check_inputs
-    attach(pipe, KIND, state)
+    install_hooks(pipe, KIND, state, _pre_hook(state), _post_hook(state), _resetter(state, transformer))
     return dict(state.report)
 
 
@@ -215,17 +208,15 @@ def _fbc_hooks(transformer):
     return head[0], head[1], tail
 
 
-def _reset_at_call_start(pipe, state: _State):
-    """A wrapper of the pipeline's bound check_inputs that first drops the FBC state a previous call left behind
-    (a call that raised never reached diffusers' end-of-call reset)."""
-    transformer = pipe.transformer
-
+def _resetter(state: _State, transformer):
+    """What runs at the start of each call: drop the FBC state a previous call left behind (a call that raised
+    never reached diffusers' end-of-call reset)."""
     def reset() -> None:
         _close_own_context(state)
         state.decisions.clear()
         transformer._reset_stateful_cache()
 
-    return reset_at_call_start(pipe, reset)
+    return reset
 
 
 def _check_resettable(pipe, what: str) -> None:

@@ -50,13 +50,12 @@ from typing import Any
 
 from fluxperf.errors import FluxperfError, RecipeError
 from fluxperf.steps.caching.common import (
-    attach,
     check_not_compiled,
     check_steps,
     check_variant,
     detach,
     enabled_cache,
-    reset_at_call_start,
+    install_hooks,
     state_of,
     step_stats,
 )
@@ -268,17 +267,13 @@ def apply_teacache(pipe, cfg, *, variant: str, num_inference_steps: int) -> dict
         "head_block": head_name, "tail_block": rest[-1][0], "num_inference_steps": num_inference_steps,
         "max_cacheable_steps": num_inference_steps - 2, "compile": COMPILE_HINT,
     })
-    state.handles = [transformer.register_forward_pre_hook(_pre_hook(state), with_kwargs=True),
-                     transformer.register_forward_hook(_post_hook(state), with_kwargs=True, always_call=True)]
 
     def reset() -> None:
         _close_own_context(state)
         record.clear()
         manager.reset()
 
-    state.check_inputs = reset_at_call_start(pipe, reset)
-    pipe.check_inputs = state.check_inputs
-    attach(pipe, KIND, state)
+    install_hooks(pipe, KIND, state, _pre_hook(state), _post_hook(state), reset)
     return dict(state.report)
 
 
