@@ -75,6 +75,7 @@ class PerfRunner:
         from fluxperf.model.shapes import transformer_inputs
 
         recipe = require_rung(rung_name)
+        resumed = _kept_build_cache_used(recipe)  # a build resumed from an earlier (stopped) one is not cold
         with _compile_cache(recipe), self._prepared(recipe, text_encoders=False, spec=spec) as (run, dyn0, info):
             # the rung's dtype (bf16, or fp16 for the fp16 rung): the transformer's own
             inputs = transformer_inputs(spec, dims_of_pipeline(run.pipe), device="cuda", dtype=run.pipe.transformer.dtype)
@@ -85,8 +86,10 @@ class PerfRunner:
                     return transformer(**inputs)
 
             first = timed_call(step)
-            if _reused_packages(run.stack):  # loading a stored package is not a cold build: no compile_cold_s
+            if resumed or _reused_packages(run.stack):  # not a cold build: no compile_cold_s
                 first = None
+                info["export_build"] = "package loaded from the cache" if _reused_packages(run.stack) else \
+                    "built on a kept inductor cache (resumed)"
             return Bench(self.request, self.benchmark).run(
                 step, rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(spec).total, first_call_s=first,
                 setup_s=run.setup_s, warm_compile=_warm_compile(step) if recipe.compile.enabled else None,
@@ -217,6 +220,13 @@ def _compile_cache(recipe):
     if recipe.export.enabled and kept:
         return kept_compile_cache(os.path.join(kept, "inductor"))
     return fresh_compile_cache()
+
+
+def _kept_build_cache_used(recipe) -> bool:
+    """Whether the export rung's kept inductor cache already holds files (a build resumed or repeated)."""
+    kept = os.environ.get(EXPORT_PACKAGES_ENV)
+    inductor = os.path.join(kept, "inductor") if kept else None
+    return bool(recipe.export.enabled and inductor and os.path.isdir(inductor) and os.listdir(inductor))
 
 
 def _reused_packages(stack) -> bool:
