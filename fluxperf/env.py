@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata as md
 import os
@@ -61,6 +62,9 @@ def has_cuda() -> bool:
 
 GPU_NAME_ENV = "FLUXPERF_GPU_NAME"  # documented override of the GPU name (e.g. a renamed card, CPU tests)
 GPU_CAPABILITY_ENV = "FLUXPERF_GPU_CAPABILITY"  # with the override: its compute capability, e.g. "9.0"
+# GPUs one measurement spans (context parallelism, issue 16): >1 keys the baseline as '<slug>x<N>'. Set by
+# scripts/tiers/perf-tier.sh for the `parallel` group; numerics thresholds stay per GPU model (gpu_slug).
+GPU_COUNT_ENV = "FLUXPERF_GPU_COUNT"
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,12 @@ class GpuIdentity:
     nvml_index: int | None = None
     source: str = "torch"
 
+    count: int = 1  # GPUs of this model one measurement spans ($FLUXPERF_GPU_COUNT; 1: one GPU)
+
     @property
     def slug(self) -> str:
-        return gpu_slug(self.name)
+        """'nvidia-h200', or 'nvidia-h200x2' for a measurement over 2 of them (baselines/<slug>/)."""
+        return gpu_slug(self.name) + (f"x{self.count}" if self.count > 1 else "")
 
     @property
     def family(self) -> str | None:
@@ -111,6 +118,27 @@ def gpu_identity(device: int | None = None) -> GpuIdentity | None:
     mapping the CUDA_VISIBLE_DEVICES entry (a UUID, or an index read in PCI bus order) to its NVML device.
     Initializes CUDA when torch sees a GPU.
     """
+    identity = _identity(device)
+    count = gpu_count()
+    return dataclasses.replace(identity, count=count) if identity is not None and count > 1 else identity
+
+
+def gpu_count() -> int:
+    """$FLUXPERF_GPU_COUNT (GPUs one measurement spans), 1 when unset.
+
+    Raises:
+        ValueError: not an integer from 1 to 8.
+    """
+    raw = os.environ.get(GPU_COUNT_ENV, "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or not 1 <= int(raw) <= 8:
+        raise ValueError(f"{GPU_COUNT_ENV}={raw!r}: the GPUs one measurement spans, an integer from 1 to 8. "
+                         f"Fix: e.g. {GPU_COUNT_ENV}=2 for the parallel perf group on 2 GPUs, or unset it.")
+    return int(raw)
+
+
+def _identity(device: int | None) -> GpuIdentity | None:
     override = os.environ.get(GPU_NAME_ENV)
     if override:
         return GpuIdentity(override, capability=os.environ.get(GPU_CAPABILITY_ENV) or None, source=GPU_NAME_ENV)

@@ -73,12 +73,13 @@ _EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
     # fluxperf.parallel_launch): on the compile rung, so step[compile] / (2 x step[cp2_*]) is the scaling efficiency.
     # Ring merges partial attentions by their log-sum-exp: SDPA's cuDNN kernel returns it (diffusers' native does not).
     "cp2_ulysses": ("compile", {"parallel": {"enabled": True, "ulysses_degree": 2}}),
+    "cp2_ulysses_eager": ("bf16", {"parallel": {"enabled": True, "ulysses_degree": 2}}),  # vs bf16; runs on gloo
     "cp2_ring": ("compile", {"parallel": {"enabled": True, "ring_degree": 2, "attention": "cudnn"}}),
     "cp2_ulysses_float8": ("float8_only", {"parallel": {"enabled": True, "ulysses_degree": 2}}),
 }
 
 # Context-parallel rungs: run by fluxperf.parallel_launch, one process per GPU (perf group `parallel`).
-PARALLEL_RUNGS: tuple[str, ...] = ("cp2_ulysses", "cp2_ring", "cp2_ulysses_float8")
+PARALLEL_RUNGS: tuple[str, ...] = ("cp2_ulysses", "cp2_ring", "cp2_ulysses_float8", "cp2_ulysses_eager")
 
 # The experiment table's rungs (perf groups `experiment` / `experiment_dev`, GPU numerics).
 EXPERIMENT_RUNGS: tuple[str, ...] = ("fp16", "fa2", "int8", "teacache", "fa2_fbcache_float8", "fa2_fbcache_int8")

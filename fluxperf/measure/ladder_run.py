@@ -197,6 +197,23 @@ def _prompt_embeddings(opts: LadderOptions, spec, progress) -> dict:
 
 
 def _run_rung(name: str, opts: LadderOptions, spec, embeds: dict, progress) -> RungResult:
+    """One rung: here, or (context-parallel rungs, issue 16) in one process per GPU through fluxperf.parallel_launch,
+    each rank measuring as _run_rung_here does (fluxperf.measure.parallel_run.ladder_rung); rank 0's result."""
+    recipe = recipe_from(name)
+    if not recipe.parallel.enabled:
+        return _run_rung_here(name, opts, spec, embeds, progress)
+    from fluxperf.measure.parallel_run import ladder_rung
+    from fluxperf.parallel_launch import launch
+
+    try:
+        return launch(ladder_rung, name, opts, spec, {k: v.cpu() for k, v in embeds.items()},
+                      nprocs=recipe.parallel.world_size, backend="nccl" if opts.device.startswith("cuda") else "gloo")
+    except Exception as exc:  # recorded as _run_rung_here records a failing rung
+        progress(f"[ladder] {name}: FAILED: {type(exc).__name__}: {exc}")
+        return RungResult(rung=name, status="error", error=f"{type(exc).__name__}: {exc}")
+
+
+def _run_rung_here(name: str, opts: LadderOptions, spec, embeds: dict, progress) -> RungResult:
     """Build, apply and measure one rung through fluxperf.measure.runner.prepared (freed whatever happens)."""
     from fluxperf.measure.runner import prepared
 
