@@ -1,0 +1,216 @@
+"""Regression tests for bugs a hostile user found in the newest features (`fluxperf generate`, `fluxperf ladder`'s
+--trace-file / --out / --rungs / latency table, the atomic image write).
+
+Each test states what a user should get. A test marked `xfail(strict=True)` pins a bug that is still present: when
+the code is fixed the test passes, strict xfail turns that into a failure, and the marker must be removed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fluxperf.cli import build_parser, main
+from fluxperf.measure.ladder_run import OptionError
+
+
+def _plan(argv):
+    from fluxperf.cli._generate_plan import make_plan
+
+    return make_plan(build_parser().parse_args(["generate", *argv]))
+
+
+def _status(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's own refusals
+        return exc.code
+
+
+def _one_line_refusal(argv, capsys) -> str:
+    """Run the CLI; assert exit status 2, no traceback and exactly one error line; return that line."""
+    assert _status(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _name_max(directory: Path) -> int:
+    return os.pathconf(directory, "PC_NAME_MAX")
+
+
+EAGER = ["--no-compile", "--no-flags"]
+
+
+# -- generate --output-file ------------------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="bug: check_output_file accepts every suffix PIL registers a save handler for, "
+                   "but XBM/MSP/Palm need mode 1 images and HDF5/GRIB/WMF are stub handlers: the whole model is "
+                   "built and run, then PIL's OSError is a traceback (exit 1)")
+@pytest.mark.parametrize("suffix", [".xbm", ".msp", ".palm", ".h5", ".grib", ".wmf"])
+def test_output_suffix_pil_cannot_write_an_rgb_image_to_is_refused_up_front(suffix, tmp_path):
+    with pytest.raises(OptionError, match="--output-file"):
+        _plan([*EAGER, "--output-file", str(tmp_path / f"image{suffix}")])
+
+
+@pytest.mark.xfail(strict=True, reason="bug: an over-long --output-file name makes Path.is_dir() in "
+                   "check_output_file raise OSError (ENAMETOOLONG): a traceback, exit 1")
+def test_over_long_output_file_name_is_a_one_line_refusal(tmp_path, capsys):
+    name = "a" * (_name_max(tmp_path) + 1) + ".png"
+    line = _one_line_refusal(["generate", *EAGER, "--output-file", str(tmp_path / name)], capsys)
+    assert "--output-file" in line
+
+
+@pytest.mark.xfail(strict=True, reason="bug: fluxperf.io.atomic_save names its temp file '.<name>.<random>.tmp<suffix>' "
+                   "(17+ characters longer than the target), so a legal file name near NAME_MAX cannot be written: "
+                   "generate checks the name, runs the model, then fails at the save with ENAMETOOLONG")
+def test_atomic_save_writes_a_legal_name_near_name_max(tmp_path):
+    from fluxperf.io import atomic_save
+
+    target = tmp_path / ("c" * (_name_max(tmp_path) - len(".png")) + ".png")
+    atomic_save(target, lambda tmp: Path(tmp).write_bytes(b"image"))
+    assert target.read_bytes() == b"image"
+
+
+# -- --trace-file (generate and ladder share check_trace_path) -------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="bug: check_trace_path accepts an existing directory named like a trace "
+                   "(trace.json/); generate runs the model, then os.replace fails with IsADirectoryError after the "
+                   "run (traceback, and the image is not written)")
+def test_trace_path_that_is_a_directory_is_refused(tmp_path):
+    from fluxperf.measure.trace import TraceFileError, check_trace_path
+
+    (tmp_path / "trace.json").mkdir()
+    with pytest.raises(TraceFileError, match="--trace-file"):
+        check_trace_path(tmp_path / "trace.json")
+
+
+@pytest.mark.xfail(strict=True, reason="bug: check_trace_path's write probe uses its own short name, so an over-long "
+                   "trace file name passes and fails only after the whole run (OSError ENAMETOOLONG traceback)")
+def test_over_long_trace_file_name_is_refused_before_any_work(tmp_path):
+    from fluxperf.measure.trace import TraceFileError, check_trace_path
+
+    with pytest.raises(TraceFileError, match="--trace-file"):
+        check_trace_path(tmp_path / ("t" * (_name_max(tmp_path) + 1) + ".json"))
+
+
+@pytest.mark.xfail(strict=True, reason="bug: generate checks the user-expanded --trace-file (check_trace_path) but "
+                   "writes the raw args.trace_file: '--trace-file=~/t.json' lands in ./~/t.json")
+def test_generate_trace_file_with_tilde_is_written_in_home(tmp_path, monkeypatch):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert main(["generate", *EAGER, "--steps", "1", "--output-file", str(tmp_path / "o.png"),
+                 "--trace-file", "~/t.json"]) == 0
+    assert not (cwd / "~").exists(), "wrote into a directory literally named '~'"
+    assert (home / "t.json").is_file()
+
+
+@pytest.mark.xfail(strict=True, reason="bug: ladder checks the user-expanded --out and --trace-file "
+                   "(check_out_dir / check_trace_path) but writes to the raw strings: '--out=~/lad' and "
+                   "'--trace-file=~/t.json' land under ./~/ (and an empty ~/lad is left behind by the check)")
+def test_ladder_out_and_trace_file_with_tilde_are_written_in_home(tmp_path, monkeypatch):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert main(["ladder", "--rungs", "baseline", "--steps", "1", "--runs", "1", "--step-rounds", "1",
+                 "--warmup", "0", "--out", "~/lad", "--trace-file", "~/t.json"]) == 0
+    assert not (cwd / "~").exists(), "wrote into a directory literally named '~'"
+    assert (home / "lad" / "ladder.json").is_file()
+    assert (home / "t.baseline.json").is_file()
+
+
+# -- --checkpoint ----------------------------------------------------------------------------------------------------
+def _checkpoint_cases(tmp_path) -> dict[str, Path]:
+    empty = tmp_path / "not-a-pipeline"
+    empty.mkdir()
+    return {"missing": tmp_path / "no-such-checkpoint", "no_model_index": empty}
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a --checkpoint path that does not exist, or a directory without "
+                   "model_index.json, reaches diffusers' from_pretrained: ValueError / OSError traceback, exit 1, "
+                   "instead of a one-line refusal (exit 2) before anything is built")
+@pytest.mark.parametrize("case", ["missing", "no_model_index"])
+def test_generate_refuses_a_local_checkpoint_that_is_not_a_pipeline(case, tmp_path, capsys):
+    path = _checkpoint_cases(tmp_path)[case]
+    line = _one_line_refusal(["generate", *EAGER, "--checkpoint", str(path),
+                              "--output-file", str(tmp_path / "o.png")], capsys)
+    assert "--checkpoint" in line and str(path) in line
+
+
+@pytest.mark.xfail(strict=True, reason="bug: ladder --checkpoint with an absolute path that does not exist, or a "
+                   "directory without model_index.json, gives a ValueError / huggingface_hub HFValidationError / OSError "
+                   "traceback (exit 1) instead of a one-line refusal (exit 2)")
+@pytest.mark.parametrize("case", ["missing", "no_model_index"])
+def test_ladder_refuses_a_local_checkpoint_that_is_not_a_pipeline(case, tmp_path, capsys):
+    path = _checkpoint_cases(tmp_path)[case]
+    line = _one_line_refusal(["ladder", "--rungs", "baseline", "--runs", "1", "--checkpoint", str(path),
+                              "--out", str(tmp_path / "out")], capsys)
+    assert "--checkpoint" in line
+
+
+# -- --cache-dit-config ----------------------------------------------------------------------------------------------
+def _yaml(tmp_path, data: bytes) -> str:
+    path = tmp_path / "cache.yaml"
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: load_cache_dit_yaml catches OSError only; a file that is not UTF-8 "
+                   "raises UnicodeDecodeError from read_text: a traceback, exit 1")
+def test_cache_dit_config_that_is_not_text_is_refused(tmp_path):
+    path = _yaml(tmp_path, b"\xff\xfe\x00Fn_compute_blocks: 1\n")
+    with pytest.raises(OptionError, match="--cache-dit-config"):
+        _plan(["--variant", "dev", *EAGER, "--cache-dit-config", path])
+
+
+@pytest.mark.xfail(strict=True, reason="bug: PyYAML's safe_load keeps the LAST of duplicate keys, so "
+                   "'Fn_compute_blocks: 1' then 'Fn_compute_blocks: 2' silently runs Fn=2")
+def test_cache_dit_config_with_a_duplicate_key_is_refused(tmp_path):
+    path = _yaml(tmp_path, b"Fn_compute_blocks: 1\nFn_compute_blocks: 2\nBn_compute_blocks: 0\n")
+    with pytest.raises(OptionError, match="Fn_compute_blocks"):
+        _plan(["--variant", "dev", *EAGER, "--cache-dit-config", path])
+
+
+def test_cache_dit_config_yaml_tags_are_not_executed(tmp_path):
+    """A hostile YAML tag is refused as bad YAML (safe_load), never constructed."""
+    marker = tmp_path / "pwned"
+    path = _yaml(tmp_path, f'!!python/object/apply:os.system ["touch {marker}"]\n'.encode())
+    with pytest.raises(OptionError, match="not valid YAML"):
+        _plan(["--variant", "dev", *EAGER, "--cache-dit-config", path])
+    assert not marker.exists()
+
+
+# -- ladder --rungs and the latency table ----------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="bug: --rungs baseline,baseline is accepted: the rung runs twice, its PNG is "
+                   "overwritten, the table has two rows of one name and the second shows a speed-up against itself")
+def test_ladder_refuses_a_rung_given_twice(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["ladder", "--rungs", "baseline,baseline"])
+    assert exc.value.code == 2
+    assert "baseline" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(strict=True, reason="bug: with one failed rung the integer columns turn float in pandas, so "
+                   "ladder.md shows image_runs '1.00' (and cached_steps 'nan') for the rungs that ran")
+def test_ladder_markdown_keeps_whole_run_counts_when_a_rung_failed():
+    import pandas as pd
+
+    from fluxperf.measure.ladder_report import COLUMNS, markdown
+
+    ok = dict.fromkeys(COLUMNS)
+    ok.update(rung="bf16", status="ok", image_runs=1, image_avg_ms=10.0, image_min_ms=10.0, step_median_ms=1.0,
+              speedup_step=1.0, attention="sdpa", apply_s=0.0)
+    failed = dict.fromkeys(COLUMNS)
+    failed.update(rung="fa2", status="error", error="UnavailableError: flash runs on CUDA GPUs only")
+    text = markdown(pd.DataFrame([ok, failed], columns=COLUMNS))
+    header = next(line for line in text.splitlines() if line.startswith("| rung"))
+    row = next(line for line in text.splitlines() if line.startswith("| bf16"))
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+    assert cells["image_runs"] == "1"
