@@ -9,6 +9,8 @@ Stage order (each stage runs iff its own recipe option asks for it; `plan(recipe
     5. quantize           torchao float8 / int8 (after fusion: the fused Linear gets quantized; before compile)
     6. cache_dit          cache-dit DBCache hooks (before compile)
     7. first_block_cache  diffusers first-block cache, or TeaCache (fluxperf.steps.caching.teacache) (before compile)
+    7b. parallel          context parallelism of the transformer (diffusers enable_parallelism; one process per GPU
+                          from fluxperf.parallel_launch; before compile: the compiled blocks trace the collectives)
     8. compile            torch.compile, inductor flags as compile options (scoped, never global)
     9. export             torch.export + AOTInductor packages under CUDA graphs (instead of compile)
 
@@ -96,6 +98,15 @@ class AppliedStack:
         return q.get("kind", "float8") if q else "none"
 
     @property
+    def parallel(self) -> dict[str, Any] | None:
+        """The context-parallel step's report (world size, degrees, backend), or None on one GPU."""
+        return self.step("parallel")
+
+    @property
+    def world_size(self) -> int:
+        return int((self.parallel or {}).get("world_size", 1))
+
+    @property
     def attention_backend(self) -> str:
         a = self.step("attention")
         return a["backend"] if a else "sdpa"
@@ -118,6 +129,7 @@ class AppliedStack:
             "recipe": self.recipe.to_dict(), "variant": self.variant, "stages": self.stage_names,
             "qkv_fused": self.qkv_fused, "float8_linear_count": self.float8_linear_count,
             "quantize_kind": self.quantize_kind, "quantized_linear_count": self.quantized_linear_count,
+            "world_size": self.world_size,
             "attention_backend": self.attention_backend, "inductor_flags": self.inductor_flags,
             "recompiles": self.recompiles,
             "steps": {s.name: _jsonable(s.details) for s in self.steps},

@@ -13,7 +13,7 @@ from fluxperf.errors import RecipeError
 from fluxperf.recipe import Recipe
 
 ORDER = ["dtype", "fuse_qkv", "channels_last", "attention", "quantize", "cache_dit", "first_block_cache",
-         "compile", "export"]
+         "parallel", "compile", "export"]
 
 
 def test_stage_order_is_the_documented_one():

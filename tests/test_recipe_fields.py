@@ -30,6 +30,7 @@ SURFACE = {
     "cache_dit": {"enabled", "Fn", "Bn", "residual_diff_threshold", "max_warmup_steps", "max_cached_steps",
                   "max_continuous_cached_steps"},
     "first_block_cache": {"enabled", "kind", "threshold"},
+    "parallel": {"enabled", "ulysses_degree", "ring_degree", "attention"},
 }
 
 
