@@ -21,6 +21,11 @@ from fluxperf.steps.compile_watch import RecompileLimitError
 RESOLUTIONS = [(64, 64), (80, 64), (96, 64), (112, 64), (128, 64), (64, 80), (64, 96), (144, 64), (96, 112),
                (64, 64)]  # 9 distinct sizes, then the first again
 COMPILE = {"compile": {"enabled": True}}  # the "compile" rung in fp32: regional, fullgraph, dynamic=False, VAE too
+# Every size is run (that is what drives the recompiles); the output is compared with an eager pipeline at the first
+# two sizes (static graph, then the first dynamic one) and the last two (a late new size and a repeat): the eager
+# reference at every size doubled these tests' CI time without covering another code path.
+def _compared(i: int, n: int) -> bool:
+    return i < 2 or i >= n - 2
 
 
 @pytest.fixture
@@ -54,8 +59,10 @@ def test_many_resolutions_in_a_row_on_one_compiled_pipeline(tiny_pipe_factory, e
     stack = apply(pipe, Recipe.from_dict({**COMPILE, "dtype": "float32", "compile": {
         "enabled": True, "scope": scope, "fullgraph": fullgraph, "vae": vae}}))
     graphs = []
-    for height, width in RESOLUTIONS:
-        np.testing.assert_allclose(run(height, width), ref_run(height, width), atol=1e-5)
+    for i, (height, width) in enumerate(RESOLUTIONS):
+        out = run(height, width)
+        if _compared(i, len(RESOLUTIONS)):
+            np.testing.assert_allclose(out, ref_run(height, width), atol=1e-5)
         graphs.append(stack.recompiles["compiled_graphs"])
     # the transformer's token dimension becomes dynamic at the first change; later sizes compile nothing. (The VAE
     # decoder's height and width change separately, and the conv backend choice adds size-range guards: a few more.)
@@ -100,8 +107,10 @@ def test_kontext_conditioning_shapes_in_a_row(tiny_pipe_factory, eager_backend):
     stack = apply(pipe, Recipe.from_dict({"dtype": "float32", "compile": {"enabled": True, "vae": False}}))
     shapes = [(64, 64), (48, 96), (96, 48), (64, 112), (112, 64), (80, 80), (64, 64, 80, 64), (96, 48, 64, 96)]
     graphs = []
-    for shape in shapes:
-        np.testing.assert_allclose(run(*shape), ref_run(*shape), atol=1e-5)
+    for i, shape in enumerate(shapes):
+        out = run(*shape)
+        if _compared(i, len(shapes)):
+            np.testing.assert_allclose(out, ref_run(*shape), atol=1e-5)
         graphs.append(stack.recompiles["compiled_graphs"])
     blocks = [{k: v for k, v in g.items() if not k.startswith("Decoder")} for g in graphs]
     assert blocks[-6:] == [blocks[-1]] * 6, graphs
