@@ -5,9 +5,15 @@ the old file or the new one, never half of one, and an interrupted write (SIGKIL
 intact. The new file keeps the mode of the file it replaces (a fresh one gets 0666 minus the umask, as `open`
 would give it) — `tempfile.mkstemp` alone would make every rewritten baseline 0600.
 
-Temp files are named `.<name>.<random>.tmp`; a SIGKILL between create and replace can leave one behind.
-`stale_temp_files` finds them so writers holding the directory's lock can remove them; readers ignore them
-(they never match `NNNN_*.json` or `*.csv`).
+Temp files are named `.fluxperf-<8 random>.tmp[<suffix>]` (TEMP_PREFIX, tempfile.mkstemp's random part,
+TEMP_SUFFIX, then the target's last suffix where a writer needs it to pick the format): a fixed length whatever the
+target's name, so every name the file system accepts (up to NAME_MAX, usually 255 bytes) can be written atomically;
+a temp name that embedded the target's name could not be created for a target near the limit. A SIGKILL between
+create and replace can leave one behind. `stale_temp_files` finds them (and those of the older
+`.<name>.<random>.tmp` naming) so writers holding the directory's lock can remove them; readers ignore them (they
+never match `NNNN_*.json` or `*.csv`).
+
+`check_writable_file` proves, before any expensive work, that a file can later be written there atomically.
 
 Example:
     >>> import tempfile, os
@@ -19,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -26,7 +33,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+TEMP_PREFIX = ".fluxperf-"
 TEMP_SUFFIX = ".tmp"
+_RANDOM_CHARS = 8  # tempfile.mkstemp's random part
+DEFAULT_NAME_MAX = 255  # bytes: ext4, xfs, btrfs, APFS, NTFS; used where os.pathconf cannot say
 LOCK_TIMEOUT_S = 600.0  # a baseline update holds the lock for well under a second; 10 min means a stuck writer
 
 
@@ -39,11 +49,30 @@ def _target_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def name_max(directory: str | os.PathLike) -> int:
+    """The longest file name (bytes) the file system of `directory` (an existing directory) accepts."""
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or the file system does not say
+        return DEFAULT_NAME_MAX
+
+
+def _temp_file(path: Path, *, keep_suffix: bool) -> tuple[int, str]:
+    """(fd, name) of a new temp file next to `path`, of a fixed-length name (see the module docstring).
+
+    The target's suffix is kept where asked, unless it alone would push the temp name past NAME_MAX: a suffix that
+    long names no format a writer could pick anyway."""
+    suffix = TEMP_SUFFIX + (path.suffix if keep_suffix else "")
+    if len(os.fsencode(TEMP_PREFIX + suffix)) + _RANDOM_CHARS > name_max(path.parent):
+        suffix = TEMP_SUFFIX
+    return tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _target_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = _temp_file(path, keep_suffix=False)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -82,12 +111,13 @@ def _finite(obj):
 def atomic_save(path: str | os.PathLike, save) -> Path:
     """Atomic write through a writer callback `save(tmp_path)` (e.g. PIL Image.save, DataFrame.to_csv).
 
-    The temp file keeps the target's suffix (writers such as PIL pick the format from it).
+    The temp file keeps the target's last suffix (writers such as PIL pick the format from it; torch's
+    export_chrome_trace compresses for ".gz").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _target_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_SUFFIX}{path.suffix}", dir=path.parent)
+    fd, tmp = _temp_file(path, keep_suffix=True)
     os.close(fd)
     try:
         save(tmp)
@@ -100,12 +130,61 @@ def atomic_save(path: str | os.PathLike, save) -> Path:
 
 
 def stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Temp files left in `directory` (recursively) by writers killed between create and replace."""
+    """Temp files left in `directory` (recursively) by writers killed between create and replace: dot files whose
+    name ends in TEMP_SUFFIX or holds it before a kept suffix (`.fluxperf-<random>.tmp[.png]`, and the older
+    `.<name>.<random>.tmp[.png]`)."""
     root = Path(directory)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.rglob(".*") if p.is_file() and (p.name.endswith(TEMP_SUFFIX)
-                                                                  or f"{TEMP_SUFFIX}." in p.name))
+    return sorted(p for p in root.rglob(".*") if p.is_file() and _is_temp_name(p.name))
+
+
+def _is_temp_name(name: str) -> bool:
+    if name.startswith(TEMP_PREFIX):
+        stem = name[len(TEMP_PREFIX):]
+        return stem[_RANDOM_CHARS:].startswith(TEMP_SUFFIX)
+    return name.startswith(".") and (name.endswith(TEMP_SUFFIX) or f"{TEMP_SUFFIX}." in name)  # older naming
+
+
+def check_writable_file(path: str | os.PathLike, *, option: str, error: type[Exception] = ValueError) -> Path:
+    """Prove, before any expensive work, that `path` can be written atomically later; return it user-expanded.
+
+    Creates the parent directory (with parents); if the file does not exist yet, creates and removes it (so the
+    file system accepts its name and the directory its entries); creates and removes a temp file of the atomic
+    writers' naming there.
+
+    Args:
+        option: how the caller names the path in the message (e.g. "--output-file").
+        error: the exception class to raise.
+    Returns:
+        the path, `~` expanded (the caller must write to THIS path, not the raw text).
+    Raises:
+        `error`: one line naming the option, the path, the rule and the fix: an existing directory, a name longer
+            than the file system's NAME_MAX, a directory that cannot be created or written.
+    """
+    p = Path(path).expanduser()
+    where = f"{option} {str(path)!r}"
+    try:
+        if p.is_dir():
+            raise error(f"{where} is a directory; a file is written there. Fix: give a file name, e.g. "
+                        f"{p / ('output' + (p.suffix or '.out'))}.")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if not p.exists():
+            with contextlib.suppress(FileExistsError):  # created meanwhile (or a dangling link): it is there
+                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                p.unlink()
+        fd, tmp = _temp_file(p, keep_suffix=True)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            size, limit = len(os.fsencode(p.name)), name_max(p.parent) if p.parent.is_dir() else DEFAULT_NAME_MAX
+            what = (f"the file name is {size} bytes, over the file system's limit of {limit}" if size > limit
+                    else "a directory name in it is too long for the file system")
+            raise error(f"{where}: {what} (OSError: {exc.strerror}). Fix: choose a shorter name.") from None
+        raise error(f"{where}: cannot write in {str(p.parent)!r} ({type(exc).__name__}: {exc.strerror or exc}). "
+                    "Fix: choose a writable directory.") from None
+    return p
 
 
 @contextlib.contextmanager

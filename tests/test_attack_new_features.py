@@ -47,26 +47,18 @@ EAGER = ["--no-compile", "--no-flags"]
 
 
 # -- generate --output-file ------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="bug: check_output_file accepts every suffix PIL registers a save handler for, "
-                   "but XBM/MSP/Palm need mode 1 images and HDF5/GRIB/WMF are stub handlers: the whole model is "
-                   "built and run, then PIL's OSError is a traceback (exit 1)")
 @pytest.mark.parametrize("suffix", [".xbm", ".msp", ".palm", ".h5", ".grib", ".wmf"])
 def test_output_suffix_pil_cannot_write_an_rgb_image_to_is_refused_up_front(suffix, tmp_path):
     with pytest.raises(OptionError, match="--output-file"):
         _plan([*EAGER, "--output-file", str(tmp_path / f"image{suffix}")])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an over-long --output-file name makes Path.is_dir() in "
-                   "check_output_file raise OSError (ENAMETOOLONG): a traceback, exit 1")
 def test_over_long_output_file_name_is_a_one_line_refusal(tmp_path, capsys):
     name = "a" * (_name_max(tmp_path) + 1) + ".png"
     line = _one_line_refusal(["generate", *EAGER, "--output-file", str(tmp_path / name)], capsys)
     assert "--output-file" in line
 
 
-@pytest.mark.xfail(strict=True, reason="bug: fluxperf.io.atomic_save names its temp file '.<name>.<random>.tmp<suffix>' "
-                   "(17+ characters longer than the target), so a legal file name near NAME_MAX cannot be written: "
-                   "generate checks the name, runs the model, then fails at the save with ENAMETOOLONG")
 def test_atomic_save_writes_a_legal_name_near_name_max(tmp_path):
     from fluxperf.io import atomic_save
 
@@ -76,9 +68,6 @@ def test_atomic_save_writes_a_legal_name_near_name_max(tmp_path):
 
 
 # -- --trace-file (generate and ladder share check_trace_path) -------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="bug: check_trace_path accepts an existing directory named like a trace "
-                   "(trace.json/); generate runs the model, then os.replace fails with IsADirectoryError after the "
-                   "run (traceback, and the image is not written)")
 def test_trace_path_that_is_a_directory_is_refused(tmp_path):
     from fluxperf.measure.trace import TraceFileError, check_trace_path
 
@@ -87,8 +76,6 @@ def test_trace_path_that_is_a_directory_is_refused(tmp_path):
         check_trace_path(tmp_path / "trace.json")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: check_trace_path's write probe uses its own short name, so an over-long "
-                   "trace file name passes and fails only after the whole run (OSError ENAMETOOLONG traceback)")
 def test_over_long_trace_file_name_is_refused_before_any_work(tmp_path):
     from fluxperf.measure.trace import TraceFileError, check_trace_path
 
@@ -96,8 +83,6 @@ def test_over_long_trace_file_name_is_refused_before_any_work(tmp_path):
         check_trace_path(tmp_path / ("t" * (_name_max(tmp_path) + 1) + ".json"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: generate checks the user-expanded --trace-file (check_trace_path) but "
-                   "writes the raw args.trace_file: '--trace-file=~/t.json' lands in ./~/t.json")
 def test_generate_trace_file_with_tilde_is_written_in_home(tmp_path, monkeypatch):
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir()
@@ -110,9 +95,6 @@ def test_generate_trace_file_with_tilde_is_written_in_home(tmp_path, monkeypatch
     assert (home / "t.json").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ladder checks the user-expanded --out and --trace-file "
-                   "(check_out_dir / check_trace_path) but writes to the raw strings: '--out=~/lad' and "
-                   "'--trace-file=~/t.json' land under ./~/ (and an empty ~/lad is left behind by the check)")
 def test_ladder_out_and_trace_file_with_tilde_are_written_in_home(tmp_path, monkeypatch):
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir()
@@ -133,9 +115,6 @@ def _checkpoint_cases(tmp_path) -> dict[str, Path]:
     return {"missing": tmp_path / "no-such-checkpoint", "no_model_index": empty}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a --checkpoint path that does not exist, or a directory without "
-                   "model_index.json, reaches diffusers' from_pretrained: ValueError / OSError traceback, exit 1, "
-                   "instead of a one-line refusal (exit 2) before anything is built")
 @pytest.mark.parametrize("case", ["missing", "no_model_index"])
 def test_generate_refuses_a_local_checkpoint_that_is_not_a_pipeline(case, tmp_path, capsys):
     path = _checkpoint_cases(tmp_path)[case]
@@ -144,9 +123,6 @@ def test_generate_refuses_a_local_checkpoint_that_is_not_a_pipeline(case, tmp_pa
     assert "--checkpoint" in line and str(path) in line
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ladder --checkpoint with an absolute path that does not exist, or a "
-                   "directory without model_index.json, gives a ValueError / huggingface_hub HFValidationError / OSError "
-                   "traceback (exit 1) instead of a one-line refusal (exit 2)")
 @pytest.mark.parametrize("case", ["missing", "no_model_index"])
 def test_ladder_refuses_a_local_checkpoint_that_is_not_a_pipeline(case, tmp_path, capsys):
     path = _checkpoint_cases(tmp_path)[case]
@@ -162,16 +138,12 @@ def _yaml(tmp_path, data: bytes) -> str:
     return str(path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: load_cache_dit_yaml catches OSError only; a file that is not UTF-8 "
-                   "raises UnicodeDecodeError from read_text: a traceback, exit 1")
 def test_cache_dit_config_that_is_not_text_is_refused(tmp_path):
     path = _yaml(tmp_path, b"\xff\xfe\x00Fn_compute_blocks: 1\n")
     with pytest.raises(OptionError, match="--cache-dit-config"):
         _plan(["--variant", "dev", *EAGER, "--cache-dit-config", path])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: PyYAML's safe_load keeps the LAST of duplicate keys, so "
-                   "'Fn_compute_blocks: 1' then 'Fn_compute_blocks: 2' silently runs Fn=2")
 def test_cache_dit_config_with_a_duplicate_key_is_refused(tmp_path):
     path = _yaml(tmp_path, b"Fn_compute_blocks: 1\nFn_compute_blocks: 2\nBn_compute_blocks: 0\n")
     with pytest.raises(OptionError, match="Fn_compute_blocks"):
@@ -188,8 +160,6 @@ def test_cache_dit_config_yaml_tags_are_not_executed(tmp_path):
 
 
 # -- ladder --rungs and the latency table ----------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="bug: --rungs baseline,baseline is accepted: the rung runs twice, its PNG is "
-                   "overwritten, the table has two rows of one name and the second shows a speed-up against itself")
 def test_ladder_refuses_a_rung_given_twice(capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["ladder", "--rungs", "baseline,baseline"])
@@ -197,8 +167,6 @@ def test_ladder_refuses_a_rung_given_twice(capsys):
     assert "baseline" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with one failed rung the integer columns turn float in pandas, so "
-                   "ladder.md shows image_runs '1.00' (and cached_steps 'nan') for the rungs that ran")
 def test_ladder_markdown_keeps_whole_run_counts_when_a_rung_failed():
     import pandas as pd
 

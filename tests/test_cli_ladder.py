@@ -90,10 +90,15 @@ def test_unwritable_trace_dir_is_refused_before_any_rung(tmp_path, capsys):
 
 
 def test_a_failing_rung_is_reported_and_fails_the_run(tmp_path):
+    """The library records a rung apply() refuses (the CLI refuses it up front: test_gpu_only_rungs_...)."""
+    from fluxperf.measure.ladder_report import write_outputs
+    from fluxperf.measure.ladder_run import LadderOptions, run_ladder
+
     out = tmp_path / "ladder"
-    code = main(["ladder", "--rungs", "bf16,float8_only", "--runs", "1", "--step-rounds", "1",
-                 "--out", str(out), "--device", "cpu"])
-    assert code == 1
+    result = run_ladder(LadderOptions(rungs=("bf16", "float8_only"), rounds=1, step_rounds=1, device="cpu"),
+                        progress=lambda m: None)
+    assert not result.ok
+    write_outputs(result, out)
     df = pd.read_csv(out / "ladder.csv")
     row = df.set_index("rung").loc["float8_only"]
     assert row["status"] == "error" and row["error"].startswith("UnavailableError: ")
@@ -101,6 +106,12 @@ def test_a_failing_rung_is_reported_and_fails_the_run(tmp_path):
         assert "float8" in row["error"] and "CUDA" in row["error"], row["error"]
     else:  # an environment with only .[test]: refused for the package, with the install hint
         assert "torchao is not available" in row["error"] and install_hint("torchao") in row["error"], row["error"]
+    md = (out / "ladder.md").read_text()
+    bf16 = next(line for line in md.splitlines() if line.startswith("| bf16"))
+    failed = next(line for line in md.splitlines() if line.startswith("| float8_only"))
+    assert "nan" not in bf16 + failed and bf16.split("|")[3].strip() == "1"  # whole run count, not 1.00
+    assert failed.split("|")[3].strip() == "-"  # missing: "-", not nan
+    assert "against the reference rung bf16" in md
 
 
 def test_unknown_rung_is_rejected_by_the_parser(capsys):

@@ -42,8 +42,9 @@ def load_cache_dit_yaml(path: str, *, steps: int) -> dict[str, Any]:
         path: the YAML file.
         steps: the run's denoising steps (a `num_inference_steps` in the file must equal it).
     Raises:
-        OptionError (fluxperf.measure.ladder_run): unreadable file, bad YAML (with its line), not a mapping, an
-            unknown or unsupported key, or a value out of its rule; one line naming the file, the key and the fix.
+        OptionError (fluxperf.measure.ladder_run): unreadable or non-UTF-8 file, bad YAML (with its line), a key
+            given twice, not a mapping, an unknown or unsupported key, or a value out of its rule; one line naming
+            the file, the key and the fix. Floats may be written 0.05 or 5e-2 (see _loader).
     """
     import yaml
 
@@ -53,18 +54,22 @@ def load_cache_dit_yaml(path: str, *, steps: int) -> dict[str, Any]:
 
     where = f"{OPTION} {path!r}"
     try:
-        text = Path(path).expanduser().read_text()
+        text = Path(path).expanduser().read_text(encoding="utf-8")
     except OSError as exc:
         raise OptionError(f"{where}: cannot read it ({type(exc).__name__}: {exc.strerror or exc}). "
                           "Fix: give the path of a YAML file of DBCache options.") from None
+    except UnicodeDecodeError as exc:  # a binary file, or UTF-16 (what some Windows editors save)
+        raise OptionError(f"{where}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}). "
+                          "Fix: save it as UTF-8 text with 'key: value' lines.") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_loader())  # a SafeLoader: tags never construct Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise OptionError(f"{where}: not valid YAML{at} ({problem}). Fix: write 'key: value' lines, "
-                          f"e.g. 'Fn_compute_blocks: 1'.") from None
+        fix = "keep one of them" if problem.startswith("found duplicate key") else \
+            "write 'key: value' lines, e.g. 'Fn_compute_blocks: 1'"
+        raise OptionError(f"{where}: not valid YAML{at} ({problem}). Fix: {fix}.") from None
     data = _options(data, where, OptionError)
     section: dict[str, Any] = {"enabled": True}
     for key, value in data.items():
@@ -85,6 +90,44 @@ def load_cache_dit_yaml(path: str, *, steps: int) -> dict[str, Any]:
             message = message.replace(f"cache_dit.{field}=", f"{yaml_key}=")
         raise OptionError(f"{where}: {message}") from None
     return section
+
+
+_FLOAT_1_2 = r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""  # 5e-2, 1E3, 2.5e-1: floats in YAML 1.2
+
+
+def _loader():
+    """PyYAML's SafeLoader with two changes for option files:
+
+    * a key given twice in one mapping is refused (yaml.constructor.ConstructorError naming the key and its line):
+      PyYAML keeps the last one silently, so `Fn_compute_blocks: 1` then `Fn_compute_blocks: 2` would run Fn=2;
+    * scientific notation without a dot (`5e-2`) is a float, as in YAML 1.2 (the YAML 1.1 rule PyYAML implements
+      needs a dot, `5.0e-2`, and reads `5e-2` as the string '5e-2').
+    """
+    import re
+
+    import yaml
+    from yaml.constructor import ConstructorError
+
+    class OptionLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, Any] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges are overridden by design
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        first = seen.setdefault(key, key_node)
+                    except TypeError:  # an unhashable key: SafeConstructor refuses it by name below
+                        continue
+                    if first is not key_node:
+                        raise ConstructorError("while constructing a mapping", node.start_mark,
+                                               f"found duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                                               key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    OptionLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_FLOAT_1_2), list("-+0123456789"))
+    return OptionLoader
 
 
 def _options(data: Any, where: str, error: type[Exception]) -> dict[str, Any]:

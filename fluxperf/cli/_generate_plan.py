@@ -11,6 +11,7 @@ and the output file (an image suffix PIL can write, a writable directory).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ class Plan:
         height, width: pixels (multiples of 16); steps: denoising steps; seed: the noise seed (the synthetic
             weights always use weight seed 0, so --seed changes the image, not the model).
         prompt, checkpoint: as given.
-        output: the image file.
+        output: the image file (user-expanded: the path checked is the path written); output_format: its PIL
+            format name (from the suffix, e.g. "PNG"), passed to Image.save so the temp name cannot change it.
+        trace_file: the checked (user-expanded) --trace-file, or None.
         recipe: the fluxperf.recipe.Recipe to apply (export.cache_dir is set at run time).
         notes: lines to print before building (e.g. what the CPU switched off).
         use_cached: --use-cached-model; cache_dir: the package cache it reuses (None without it).
@@ -44,6 +47,8 @@ class Plan:
     prompt: str
     checkpoint: str | None
     output: Path
+    output_format: str
+    trace_file: Path | None
     recipe: Any
     notes: tuple[str, ...]
     use_cached: bool
@@ -90,15 +95,18 @@ def make_plan(args) -> Plan:
     cache_dir = _package_cache(args, data, device, OptionError)
     recipe = _recipe(data, OptionError)
     _check_needs(recipe, device, OptionError)
+    trace_file = None
     if args.trace_file:
         from fluxperf.measure.trace import check_trace_path
 
-        check_trace_path(args.trace_file, option="--trace-file", error=OptionError)
+        trace_file = check_trace_path(args.trace_file, option="--trace-file", error=OptionError)
+    output, output_format = check_output_file(args.output_file)
     return Plan(variant=args.variant, size=size, device=device,
                 height=args.height if args.height is not None else side,
                 width=args.width if args.width is not None else side, steps=steps, seed=args.seed,
-                prompt=args.prompt, checkpoint=args.checkpoint, output=check_output_file(args.output_file),
-                recipe=recipe, notes=tuple(notes), use_cached=args.use_cached_model, cache_dir=cache_dir)
+                prompt=args.prompt, checkpoint=args.checkpoint, output=output, output_format=output_format,
+                trace_file=trace_file, recipe=recipe, notes=tuple(notes), use_cached=args.use_cached_model,
+                cache_dir=cache_dir)
 
 
 def _cache_dit_section(args, data: dict, steps: int, size: str | None, error) -> dict:
@@ -171,23 +179,38 @@ def _check_needs(recipe, device: str, error) -> None:
                              + " Fix: install it, or switch the step off"))
 
 
-def check_output_file(path: str) -> Path:
-    """The output image path, refused unless PIL knows its suffix and its directory is writable (created here).
+def check_output_file(path: str) -> tuple[Path, str]:
+    """(the output image path, user-expanded; its PIL format name), refused unless PIL can write an RGB image (what
+    the pipeline returns) in the format its suffix names and the file can be written atomically there.
+
+    The format is proven by saving a 16x16 RGB image (the smallest FLUX image: sides are multiples of 16) to memory:
+    PIL registers save handlers it cannot use for RGB (XBM, MSP and Palm take 1-bit images, BLP palette ones) and
+    stub handlers that raise until a plugin is installed (HDF5, GRIB, BUFR, WMF/EMF). The file: not a directory,
+    a name the file system accepts, a writable directory (created here): fluxperf.io.check_writable_file.
 
     Raises:
         OptionError: one line with the path, the rule and the fix.
     """
+    import io
+
     from PIL import Image
 
-    from fluxperf.measure.ladder_report import check_out_dir
+    from fluxperf.io import check_writable_file
     from fluxperf.measure.ladder_run import OptionError
 
-    out = Path(path).expanduser()
-    if out.is_dir():
-        raise OptionError(f"--output-file {path!r} is a directory. Fix: give a file name such as {out / 'output.png'}.")
-    formats = Image.registered_extensions()
-    if out.suffix.lower() not in formats or formats[out.suffix.lower()] not in Image.SAVE:
-        raise OptionError(f"--output-file {path!r}: {out.suffix or 'no suffix'!r} is not an image format PIL can "
-                          "write (the format comes from the suffix). Fix: end it in .png, .jpg or .webp.")
-    check_out_dir(out.parent, option="--output-file")
-    return out
+    with contextlib.suppress(OSError):  # e.g. a name too long: check_writable_file words it below
+        if Path(path).expanduser().is_dir():  # said before the suffix: a directory has none
+            check_writable_file(path, option="--output-file", error=OptionError)
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    why = "PIL has no writer for it" if fmt is None or fmt not in Image.SAVE else None
+    if why is None:
+        try:
+            Image.new("RGB", (16, 16)).save(io.BytesIO(), format=fmt)
+        except (OSError, ValueError) as exc:  # "cannot write mode RGB as XBM", "HDF5 save handler not installed"
+            why = f"PIL cannot write an RGB image as {fmt} ({type(exc).__name__}: {exc})"
+    if why:
+        raise OptionError(f"--output-file {path!r}: {suffix or 'no suffix'!r} is not an image format PIL can write "
+                          f"an RGB image in (the format comes from the suffix; {why}). Fix: end it in .png, .jpg "
+                          "or .webp.")
+    return check_writable_file(path, option="--output-file", error=OptionError), fmt

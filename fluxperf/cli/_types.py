@@ -37,6 +37,24 @@ def value_type(parse: Callable[[str], Any], accepted: tuple, extra: Problem | No
     return _converter(parse.__name__, parse, accepted, Check(**rule), extra)
 
 
+def checkpoint_type(cls):
+    """The argparse type of `--checkpoint` (every command): `cls.checkpoint`'s field rule, then
+    fluxperf.model.build.checkpoint_problem (a local path must be a pipeline directory; else a hub id's form).
+    Returns the text from_pretrained gets (a local path `~`-expanded: the checked path is the one loaded)."""
+
+    def checkpoint(text: str) -> str:
+        from fluxperf.model.build import normalize_checkpoint
+
+        return normalize_checkpoint(text)
+
+    def problem(value: str) -> str | None:
+        from fluxperf.model.build import checkpoint_problem
+
+        return checkpoint_problem(value)
+
+    return option_type(cls, "checkpoint", checkpoint, extra=problem)
+
+
 def comma_list(text: str) -> tuple[str, ...]:
     """'a, b,c' -> ('a', 'b', 'c') (empty items dropped)."""
     return tuple(item.strip() for item in text.split(",") if item.strip())

@@ -36,7 +36,7 @@ import time
 
 def register(subparsers) -> None:
     from fluxperf.cli._generate_switches import SWITCHES
-    from fluxperf.cli._types import option_type, value_type
+    from fluxperf.cli._types import checkpoint_type, option_type, value_type
     from fluxperf.measure.ladder_run import DEFAULT_PROMPT, LadderOptions, device_problem
     from fluxperf.model.configs import SIZES
 
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--variant", choices=("schnell", "dev"), default="schnell",
                    help="FLUX.1 variant (kontext edits an input image: not a prompt-to-image command)")
     p.add_argument("--size", choices=SIZES, help="synthetic model size (default: full on CUDA, tiny on CPU)")
-    p.add_argument("--checkpoint", type=opt("checkpoint"),
+    p.add_argument("--checkpoint", type=checkpoint_type(LadderOptions),
                    help="local path or hub id of a real FLUX.1 pipeline (default: synthetic weights, seed 0)")
     p.add_argument("--device", type=opt("device", extra=device_problem),
                    help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -123,18 +123,18 @@ def generate(plan, args) -> int:
                       before_apply=lambda pipe: say(f"[2/3] applying the recipe{_apply_hint(recipe)} ...")) as run:
             say(f"[3/3] generating (first call{', compiles' if recipe.compile.enabled else ''}) ...")
             image, first_s = _first_call(run.pipe, plan, args)
-            if args.trace_file:  # one more call, warm (no compilation in the trace), with the stage regions
+            if plan.trace_file:  # one more call, warm (no compilation in the trace), with the stage regions
                 from fluxperf.measure.trace import traced
 
-                say(f"tracing one more (warm) call to {args.trace_file} ...")
-                with traced(run.pipe, args.trace_file, device=plan.device) as regions:
+                say(f"tracing one more (warm) call to {plan.trace_file} ...")
+                with traced(run.pipe, plan.trace_file, device=plan.device) as regions:
                     image, _ = _first_call(run.pipe, plan, args)
                 say("stages of the traced call (ms): " + ", ".join(
                     f"{k} {v:.1f}" for k, v in regions.breakdown()["median_ms"].items()))
             summary = _summary(run.stack) + _cache_stats(run.pipe)
             packages = _outcome(run.stack) if plan.use_cached else []
             build_s, apply_s = run.build_s, run.setup_s
-    _save(image, plan.output)
+    _save(image, plan.output, plan.output_format)
     for line in [*summary, *(f"package cache: {line}" for line in packages)]:
         print(line)
     print(f"timing: build {build_s:.1f} s, apply {apply_s:.1f} s, first call {first_s:.1f} s"
@@ -235,7 +235,7 @@ def _brief(details, limit: int = 12) -> str:
     return ", ".join(parts[:limit]) + (f", ... ({len(parts) - limit} more)" if len(parts) > limit else "")
 
 
-def _save(image, path) -> None:
+def _save(image, path, fmt: str) -> None:
     from fluxperf.io import atomic_save
 
-    atomic_save(path, image.save)
+    atomic_save(path, lambda tmp: image.save(tmp, format=fmt))

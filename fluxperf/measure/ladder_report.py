@@ -20,6 +20,8 @@ from fluxperf.measure.ladder_run import LadderResult
 IMAGE_STATS = stat_columns("image_")  # image_avg_ms, image_min_ms, image_p50_ms, image_p90_ms, image_p99_ms
 COLUMNS = ["rung", "status", "image_runs", *IMAGE_STATS, "step_median_ms", "speedup_step", "psnr_db", "ssim",
            "max_abs_error", "cached_steps", "syncs_per_step", "quantized_linear", "attention", "apply_s", "peak_memory_gib", "error"]
+INT_COLUMNS = ("image_runs", "cached_steps")  # whole numbers: pandas' nullable Int64, so a missing cell stays NA, not 1.0
+MISSING = "-"  # how the markdown table shows a value a rung does not have (failed, or not applicable)
 
 
 def table(result: LadderResult):
@@ -42,7 +44,10 @@ def table(result: LadderResult):
             "quantized_linear": _quantized(applied), "attention": applied.get("attention_backend"),
             "apply_s": r.apply_s, "peak_memory_gib": r.peak_memory_gib, "error": r.error,
         })
-    return pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for col in INT_COLUMNS:
+        df[col] = df[col].astype("Int64")
+    return df
 
 
 def _quantized(applied: dict) -> str | None:
@@ -51,20 +56,38 @@ def _quantized(applied: dict) -> str | None:
     return f"{count} {applied.get('quantize_kind', 'float8')}" if count else None
 
 
-def markdown(df) -> str:
-    """The table as markdown (plain text without tabulate), then one line: what the latency columns are and the
-    percentile method. A percentile a measured rung lacks runs for reads "n/a (needs N runs)"."""
-    shown = df.drop(columns=["error"]).copy()
-    shown["psnr_db"] = shown["psnr_db"].map(lambda v: "inf" if v is not None and math.isinf(v) else v)
+def markdown(df, reference: str | None = None) -> str:
+    """The table as markdown (plain text without tabulate), then what the latency columns are and the percentile
+    method, and (given `reference`) which rung PSNR/SSIM and the speed-up are measured against.
+
+    A percentile a measured rung lacks runs for reads "n/a (needs N runs)"; whole-number columns (INT_COLUMNS) stay
+    whole; a value a rung does not have (a failed rung's measurements, a rung without block cache's cached_steps)
+    reads MISSING, never "nan"."""
+    import pandas as pd
+
+    shown = df.drop(columns=["error"]).astype(object)
+    shown = shown.where(pd.notna(shown), None)  # NaN/NA -> None: tabulate's missingval, not a float "nan"
+
+    def cells(col, values):  # object dtype, or pandas would turn [1, None] back into [1.0, nan]
+        shown[col] = pd.Series(list(values), index=shown.index, dtype=object)
+
+    cells("psnr_db", ("inf" if v is not None and math.isinf(v) else v for v in shown["psnr_db"]))
+    for col in INT_COLUMNS:
+        cells(col, (None if v is None else int(v) for v in shown[col]))
     measured = shown["image_runs"].notna()
     for col in IMAGE_STATS:
         p = percentile_of_column(col)
         if p is not None:
-            shown[col] = [short_cell(v, p) if m else "" for v, m in zip(shown[col], measured)]
-    text = shown.to_markdown(index=False, floatfmt=".2f") if _has_tabulate() else shown.to_string(index=False)
+            cells(col, (short_cell(v, p) if m else None for v, m in zip(shown[col], measured)))
+    if _has_tabulate():
+        text = shown.to_markdown(index=False, floatfmt=".2f", missingval=MISSING)
+    else:
+        text = shown.where(shown.notna(), MISSING).to_string(index=False)
     runs = sorted({int(n) for n in shown["image_runs"].dropna()})
+    against = f" psnr_db, ssim, max_abs_error and speedup_step are against the reference rung {reference}." \
+        if reference else ""
     return (f"{text}\n\nimage_*: latency of the whole pipeline over {'/'.join(map(str, runs)) or 'no'} timed runs "
-            f"per rung (warm-up excluded); {METHOD_TEXT}.")
+            f"per rung (warm-up excluded); {METHOD_TEXT}.{against}")
 
 
 def write_outputs(result: LadderResult, out_dir: str | Path, command: str | None = None) -> dict[str, Path]:
@@ -74,7 +97,7 @@ def write_outputs(result: LadderResult, out_dir: str | Path, command: str | None
     paths = {
         "csv": atomic_save(out / "ladder.csv", lambda p: df.to_csv(p, index=False)),
         "json": atomic_write_json(out / "ladder.json", _record(result, command)),
-        "md": atomic_write_text(out / "ladder.md", markdown(df) + "\n"),
+        "md": atomic_write_text(out / "ladder.md", markdown(df, reference=result.options.reference) + "\n"),
     }
     for r in result.rungs:
         if r.image is not None:

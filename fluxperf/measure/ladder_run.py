@@ -76,6 +76,9 @@ class LadderOptions:
         problem = device_problem(self.device)
         if problem:
             raise OptionError(f"device={self.device!r}: {problem}")
+        problem = duplicate_rungs_problem(self.rungs)
+        if problem:
+            raise OptionError(f"rungs={self.rungs!r}: {problem}")
         self._check_cache_rungs()
 
     def _check_cache_rungs(self) -> None:
@@ -111,6 +114,16 @@ class LadderOptions:
                                 "width": side if self.width is None else self.width,
                                 "steps": VARIANT_DEFAULTS[self.variant]["steps"] if self.steps is None else self.steps,
                                 "rungs": tuple(rungs), "reference": reference})
+
+
+def duplicate_rungs_problem(rungs: tuple[str, ...] | None) -> str | None:
+    """None if no rung is named twice, else the rule and the fix in words (a rung given twice would run twice,
+    overwrite its own image and put two rows of one name in the table)."""
+    twice = sorted({name for name in rungs or () if rungs.count(name) > 1})
+    if not twice:
+        return None
+    once = ",".join(dict.fromkeys(rungs))
+    return f"{', '.join(map(repr, twice))} given more than once: each rung runs once. Fix: --rungs {once}"
 
 
 def device_problem(device: str | None) -> str | None:

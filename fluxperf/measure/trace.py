@@ -20,8 +20,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fluxperf.errors import FluxperfError
@@ -34,27 +33,29 @@ class TraceFileError(FluxperfError, ValueError):
     """A trace path is unusable (one line: the path, the rule, the fix)."""
 
 
-def check_trace_path(path: str | Path, option: str = "--trace-file", error: type[Exception] = TraceFileError) -> Path:
-    """Refuse a trace path before any work: it must end in .json or .json.gz and its directory be writable.
+def check_trace_path(path: str | Path, option: str = "--trace-file", error: type[Exception] = TraceFileError, *,
+                     tags: Iterable[str] = ()) -> Path:
+    """Refuse a trace path before any work: it must end in .json or .json.gz and be writable atomically there (not
+    a directory, a name the file system accepts, a writable directory: fluxperf.io.check_writable_file, which
+    creates the directory).
 
-    Creates the directory (with parents) and writes and removes a probe file there.
-
+    Args:
+        tags: the tags a caller will write `tagged(path, tag)` for (the ladder's rung names): each of those names
+            is checked too (a tag lengthens the name).
     Returns:
-        the path (user-expanded).
+        the path, user-expanded: the one to write (and to tag).
     Raises:
         `error` (TraceFileError by default): one line naming the option, the path, the rule and the fix.
     """
+    from fluxperf.io import check_writable_file
+
     p = Path(path).expanduser()
     if not p.name.endswith(SUFFIXES) or p.name in SUFFIXES:
         raise error(f"{option} {str(path)!r}: must be a file name ending in .json or .json.gz (a Chrome trace). "
                     f"Fix: e.g. {option} trace.json.gz")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=".fluxperf-write-probe-"):
-            pass
-    except OSError as exc:
-        raise error(f"{option} {str(path)!r}: cannot write in {str(p.parent)!r} ({type(exc).__name__}: "
-                    f"{exc.strerror or exc}). Fix: choose a writable directory.") from None
+    check_writable_file(p, option=option, error=error)
+    for tag in tags:
+        check_writable_file(tagged(p, tag), option=f"{option} (as written for {tag!r})", error=error)
     return p
 
 

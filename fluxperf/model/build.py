@@ -10,7 +10,9 @@ bit-identical weights and images on the same device.
 from __future__ import annotations
 
 import contextlib
+import os
 import zlib
+from pathlib import Path
 
 from fluxperf.model import configs as mc
 from fluxperf.model.tokenizers import make_tokenizer
@@ -62,13 +64,65 @@ def build_pipeline(variant: str = "schnell", size: str = "tiny", *, seed: int = 
 
 
 def load_pipeline(checkpoint: str, variant: str = "dev", *, device="cpu", dtype="bfloat16", text_encoders=True):
-    """Load a real pipeline (local directory or hub id) with from_pretrained, as build_pipeline does."""
+    """Load a real pipeline (local directory or hub id) with from_pretrained, as build_pipeline does.
+
+    Raises:
+        ValueError: `checkpoint` is neither a pipeline directory nor a hub id (checkpoint_problem), before any load.
+    """
+    problem = checkpoint_problem(checkpoint)
+    if problem:
+        raise ValueError(f"checkpoint={checkpoint!r}: {problem}.")
+    checkpoint = normalize_checkpoint(checkpoint)
     mc._check(variant, "full")
     kwargs = {"torch_dtype": torch_dtype(dtype)}
     if not text_encoders:
         kwargs.update(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
     pipe = pipeline_class(variant).from_pretrained(checkpoint, **kwargs)
     return pipe.to(device)
+
+
+def _looks_local(text: str) -> bool:
+    """A path rather than a hub id: absolute, ./ ../ ~ (or . / ..), or something that exists on disk."""
+    return (os.path.isabs(text) or text in (".", "..") or text.startswith(("./", "../", "~", ".\\", "..\\"))
+            or os.path.exists(os.path.expanduser(text)))
+
+
+def normalize_checkpoint(checkpoint: str) -> str:
+    """The text from_pretrained gets: a local path with `~` expanded; a hub id unchanged."""
+    return os.path.expanduser(checkpoint) if _looks_local(checkpoint) else checkpoint
+
+
+def checkpoint_problem(checkpoint: str) -> str | None:
+    """None if `checkpoint` can be given to diffusers' from_pretrained, else the rule and the fix in words.
+
+    A text that looks local (absolute, ./, ../, ~, or an existing path) must be a directory holding
+    model_index.json (what DiffusionPipeline.save_pretrained writes); anything else is a Hugging Face hub id and must
+    have its form ('name' or 'org/name': huggingface_hub.utils.validate_repo_id). Whether the hub has it is known only
+    when it is fetched. The one check of `--checkpoint` for every command (and of load_pipeline).
+    """
+    if _looks_local(checkpoint):
+        path = Path(checkpoint).expanduser()
+        try:
+            if not path.exists():
+                return ("no such file or directory (a local path, so not a hub id). Fix: the directory a FLUX.1 "
+                        "pipeline was saved or downloaded to, or a hub id such as black-forest-labs/FLUX.1-dev")
+            if not path.is_dir():
+                return "is a file, not a pipeline directory. Fix: give the directory that holds model_index.json"
+            if not (path / "model_index.json").is_file():
+                return ("the directory holds no model_index.json, so it is not a diffusers pipeline. Fix: the "
+                        "directory a FLUX.1 pipeline was saved to (save_pretrained) or downloaded to "
+                        "(huggingface-cli download black-forest-labs/FLUX.1-dev --local-dir DIR)")
+        except OSError as exc:  # e.g. a name too long for the file system
+            return f"cannot be read ({type(exc).__name__}: {exc.strerror or exc}). Fix: give a pipeline directory"
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(checkpoint)
+    except HFValidationError as exc:
+        return (f"not an existing path, and not a hub id ({exc}). Fix: a hub id such as "
+                "black-forest-labs/FLUX.1-dev, or a local directory (an absolute path or one starting with ./)")
+    return None
 
 
 def pipeline_class(variant: str):
