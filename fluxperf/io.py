@@ -146,6 +146,25 @@ def _is_temp_name(name: str) -> bool:
     return name.startswith(".") and (name.endswith(TEMP_SUFFIX) or f"{TEMP_SUFFIX}." in name)  # older naming
 
 
+def _too_long(path: Path) -> str:
+    """Which part of `path` the file system refused as too long, in words."""
+    existing = next((q for q in path.parents if _is_dir(q)), Path("."))
+    limit = name_max(existing)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            what = "the file name" if part == path.name else f"the directory name {part[:16] + '...'!r}"
+            return f"{what} is {size} bytes, over the file system's limit of {limit}"
+    return "the path is too long for the file system"
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # e.g. ENAMETOOLONG: not a directory that exists
+        return False
+
+
 def check_writable_file(path: str | os.PathLike, *, option: str, error: type[Exception] = ValueError) -> Path:
     """Prove, before any expensive work, that `path` can be written atomically later; return it user-expanded.
 
@@ -178,10 +197,7 @@ def check_writable_file(path: str | os.PathLike, *, option: str, error: type[Exc
         os.unlink(tmp)
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
-            size, limit = len(os.fsencode(p.name)), name_max(p.parent) if p.parent.is_dir() else DEFAULT_NAME_MAX
-            what = (f"the file name is {size} bytes, over the file system's limit of {limit}" if size > limit
-                    else "a directory name in it is too long for the file system")
-            raise error(f"{where}: {what} (OSError: {exc.strerror}). Fix: choose a shorter name.") from None
+            raise error(f"{where}: {_too_long(p)} (OSError: {exc.strerror}). Fix: choose a shorter name.") from None
         raise error(f"{where}: cannot write in {str(p.parent)!r} ({type(exc).__name__}: {exc.strerror or exc}). "
                     "Fix: choose a writable directory.") from None
     return p

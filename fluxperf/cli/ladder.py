@@ -131,10 +131,10 @@ def _check_rungs_run_here(opts) -> None:
     if refused:
         keep = [n for n in opts.rungs if n not in refused]
         what = " | ".join(f"{name}: {'; '.join(lines)}" for name, lines in refused.items())
-        names = ", ".join(map(repr, refused))
+        names = ("rung " if len(refused) == 1 else "rungs ") + ", ".join(map(repr, refused))
         fix = f"--rungs {','.join(keep)}" if keep else "other rungs"
-        raise OptionError(f"rung(s) {names} cannot run on {opts.device} here: {what} Fix: drop them ({fix}), or "
-                          "run on a machine that has what they need.")
+        raise OptionError(f"{names} cannot run on {opts.device} here: {what} | Fix: drop them ({fix}), or run on a "
+                          "machine that has what they need.")
 
 
 def _reference_line(opts, args) -> str:

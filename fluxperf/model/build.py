@@ -119,9 +119,10 @@ def checkpoint_problem(checkpoint: str) -> str | None:
 
     try:
         validate_repo_id(checkpoint)
-    except HFValidationError as exc:
-        return (f"not an existing path, and not a hub id ({exc}). Fix: a hub id such as "
-                "black-forest-labs/FLUX.1-dev, or a local directory (an absolute path or one starting with ./)")
+    except HFValidationError:  # its message names huggingface_hub's own arguments (repo_type): worded here
+        return ("not an existing path, and not a hub id ('name' or 'org/name': letters, digits, '-', '_', '.'; "
+                "no '--' or '..'; at most 96 characters). Fix: a hub id such as black-forest-labs/FLUX.1-dev, or a "
+                "local directory (an absolute path or one starting with ./)")
     return None
 
 
