@@ -43,7 +43,7 @@ def _name_max(directory: Path) -> int:
     return os.pathconf(directory, "PC_NAME_MAX")
 
 
-EAGER = ["--no-compile", "--no-flags"]
+EAGER = ["--no-compile", "--no-flags", "--device", "cpu"]  # path/option handling: the same on every machine
 
 
 # -- generate --output-file ------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_ladder_out_and_trace_file_with_tilde_are_written_in_home(tmp_path, monk
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
     assert main(["ladder", "--rungs", "baseline", "--steps", "1", "--runs", "1", "--step-rounds", "1",
-                 "--warmup", "0", "--out", "~/lad", "--trace-file", "~/t.json"]) == 0
+                 "--warmup", "0", "--device", "cpu", "--out", "~/lad", "--trace-file", "~/t.json"]) == 0
     assert not (cwd / "~").exists(), "wrote into a directory literally named '~'"
     assert (home / "lad" / "ladder.json").is_file()
     assert (home / "t.baseline.json").is_file()
@@ -126,7 +126,7 @@ def test_generate_refuses_a_local_checkpoint_that_is_not_a_pipeline(case, tmp_pa
 @pytest.mark.parametrize("case", ["missing", "no_model_index"])
 def test_ladder_refuses_a_local_checkpoint_that_is_not_a_pipeline(case, tmp_path, capsys):
     path = _checkpoint_cases(tmp_path)[case]
-    line = _one_line_refusal(["ladder", "--rungs", "baseline", "--runs", "1", "--checkpoint", str(path),
+    line = _one_line_refusal(["ladder", "--rungs", "baseline", "--runs", "1", "--device", "cpu", "--checkpoint", str(path),
                               "--out", str(tmp_path / "out")], capsys)
     assert "--checkpoint" in line
 

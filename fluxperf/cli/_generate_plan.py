@@ -6,7 +6,10 @@ defaults, the switches (fluxperf.cli._generate_switches, plus the CPU switch-off
 `Plan.notes`), --cache-dit-config (schnell and export refused as flux-fast's gen_image.py does; the YAML itself;
 warm-up vs --steps; Fn + Bn vs the synthetic model's blocks), --use-cached-model / --cache-dir (need export), the
 Recipe's own rules (worded in flags), the packages and hardware the recipe needs (fluxperf.requirements.missing),
-and the output file (an image suffix PIL can write, a writable directory).
+and the paths: --trace-file (fluxperf.measure.trace.check_trace_path) and the output file (a suffix naming a format
+PIL can write an RGB image in; not a directory, a name the file system accepts, a writable directory:
+fluxperf.io.check_writable_file). Each path is `~`-expanded once, here, and the Plan holds that path: the one checked
+is the one written. --checkpoint is checked by its argparse type (fluxperf.cli._types.checkpoint_type).
 """
 
 from __future__ import annotations
