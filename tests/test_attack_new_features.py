@@ -401,8 +401,6 @@ def test_ladder_markdown_names_the_reference_rung():
     assert text.rstrip().endswith("against the reference rung baseline.")
 
 
-@pytest.mark.xfail(strict=True, reason="bug (fluxperf/measure/ladder_run.py _run_rung_here, not LadderOptions): with "
-                   "warmup=0 there is no untimed call and the progress line prints 'first call nan ms'")
 def test_ladder_progress_with_no_warmup_says_something_meaningful():
     from fluxperf.measure.ladder_run import LadderOptions, run_ladder
 

@@ -53,11 +53,12 @@ def run(args) -> int:
     from fluxperf.bench.kernels import load_kernel_table
     from fluxperf.errors import FluxperfError
 
+    out = None
     try:
-        if args.out:  # before minutes of profiling, not after
+        if args.out:  # before minutes of profiling, not after; the checked (~-expanded) path is the one written
             from fluxperf.measure.ladder_report import check_out_dir
 
-            check_out_dir(args.out, option="--out")
+            out = check_out_dir(args.out, option="--out")
         if args.table:
             size = args.size or "full"
             spec = _spec(args, size)
@@ -71,9 +72,9 @@ def run(args) -> int:
         return 2
     text = to_markdown(budget)
     print(f"{spec.key()} ({size}), {'table ' + args.table if args.table else 'rung ' + args.rung}\n\n{text}")
-    if args.out:
-        _write(Path(args.out), table, budget, text)
-        print(f"wrote {args.out}/ (kernels.csv, budget.csv, budget.md)")
+    if out is not None:
+        _write(out, table, budget, text)
+        print(f"wrote {out}/ (kernels.csv, budget.csv, budget.md)")
     return 0
 
 

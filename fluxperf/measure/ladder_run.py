@@ -293,7 +293,8 @@ def _measure_applied(result: RungResult, name: str, opts: LadderOptions, spec, e
         result.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
     progress(f"[ladder] {name}: image avg {latency.avg_ms:.1f} ms, p50 {cell_text(latency, 50, '{:.1f}')}, p90 "
              f"{cell_text(latency, 90, '{:.1f}')} over {latency.n} runs, step {step_t.median_ms:.2f} ms, apply "
-             f"{result.apply_s:.1f} s, first call {image_t.warmup_ms[0] if image_t.warmup_ms else float('nan'):.0f} ms")
+             f"{result.apply_s:.1f} s, first call "
+             f"{f'{image_t.warmup_ms[0]:.0f} ms' if image_t.warmup_ms else 'not measured (--warmup 0: the first timed run includes it)'}")
 
 
 def _host_syncs(pipe, call, device: str) -> dict[str, Any] | None:
