@@ -159,6 +159,27 @@ def recipe_marks(name_or_recipe, *, check: bool = False) -> tuple[list, str | No
     return [getattr(pytest.mark, name) for name in names], reason
 
 
+def block_cache_fixtures(steps: int):
+    """The `tiny` and `clean` fixtures of the block-cache test modules (cache-dit, first-block cache, TeaCache):
+    `tiny` = (variant, pipe, run, uncached image) of a tiny dev / Kontext pipeline at `steps` steps (module scope,
+    both variants); `clean` yields it and disables whatever block cache the test left on (cache-dit patches the
+    pipeline class). Usage in a test module: `tiny, clean = block_cache_fixtures(STEPS)`."""
+
+    @pytest.fixture(scope="module", params=["dev", "kontext"])
+    def tiny(request, tiny_image_runner):
+        pipe, run = tiny_image_runner(request.param, steps)
+        return request.param, pipe, run, run()
+
+    @pytest.fixture
+    def clean(tiny):
+        from fluxperf.steps.caching.stats import disable_active_cache
+
+        yield tiny
+        disable_active_cache(tiny[1])
+
+    return tiny, clean
+
+
 class FastMachineInfo:
     """pytester plugin: skip py-cpuinfo (slow) in pytest-benchmark's machine info."""
 

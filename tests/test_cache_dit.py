@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from root_conftest import block_cache_fixtures
 
 from fluxperf import optional
 from fluxperf.errors import FluxperfError, RecipeError, UnavailableError
@@ -37,17 +38,7 @@ def _cfg(**kw) -> CacheDitConfig:
     return CacheDitConfig(**{**base, **kw})
 
 
-@pytest.fixture(scope="module", params=["dev", "kontext"])
-def tiny(request, tiny_image_runner):
-    pipe, run = tiny_image_runner(request.param, STEPS)
-    return request.param, pipe, run, run()
-
-
-@pytest.fixture
-def clean(tiny):
-    yield tiny
-    if is_cache_dit_enabled(tiny[1]):
-        disable_cache_dit(tiny[1])
+tiny, clean = block_cache_fixtures(STEPS)
 
 
 # -- configuration ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from root_conftest import block_cache_fixtures
 
 from fluxperf.errors import FluxperfError, RecipeError
 from fluxperf.recipe import CacheDitConfig, FirstBlockCacheConfig
@@ -29,22 +30,7 @@ def _cfg(threshold: float = LOOSE, kind: str = "first_block") -> FirstBlockCache
     return FirstBlockCacheConfig(enabled=True, kind=kind, threshold=threshold)
 
 
-@pytest.fixture(scope="module", params=["dev", "kontext"])
-def tiny(request, tiny_image_runner):
-    pipe, run = tiny_image_runner(request.param, STEPS)
-    return request.param, pipe, run, run()
-
-
-@pytest.fixture
-def clean(tiny):
-    yield tiny
-    pipe = tiny[1]
-    if is_first_block_cache_enabled(pipe):
-        disable_first_block_cache(pipe)
-    from fluxperf.steps.caching.cache_dit import disable_cache_dit, is_cache_dit_enabled
-
-    if is_cache_dit_enabled(pipe):
-        disable_cache_dit(pipe)
+tiny, clean = block_cache_fixtures(STEPS)
 
 
 # -- refusals -------------------------------------------------------------------------------------------

@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from root_conftest import block_cache_fixtures
 
 from fluxperf.apply import apply, remove
 from fluxperf.errors import FluxperfError, RecipeError
 from fluxperf.ladder import recipe_from, rung
 from fluxperf.recipe import FirstBlockCacheConfig, Recipe
-from fluxperf.steps.caching.stats import active_cache, disable_active_cache, last_call_cache_stats
+from fluxperf.steps.caching.stats import active_cache, last_call_cache_stats
 from fluxperf.steps.caching.teacache import (
     COMPILE_HINT,
     FLUX_COEFFICIENTS,
@@ -36,16 +37,7 @@ def _cfg(threshold: float = ALL) -> FirstBlockCacheConfig:
     return FirstBlockCacheConfig(enabled=True, kind="teacache", threshold=threshold)
 
 
-@pytest.fixture(scope="module", params=["dev", "kontext"])
-def tiny(request, tiny_image_runner):
-    pipe, run = tiny_image_runner(request.param, STEPS)
-    return request.param, pipe, run, run()
-
-
-@pytest.fixture
-def clean(tiny):
-    yield tiny
-    disable_active_cache(tiny[1])
+tiny, clean = block_cache_fixtures(STEPS)
 
 
 def _enable(pipe, variant, threshold=ALL, steps=STEPS) -> dict:
