@@ -98,6 +98,21 @@ def reset_at_call_start(pipe, reset):
     return check_inputs
 
 
+def open_cond_context(state, module, manager) -> None:
+    """Open the "cond" cache context on `module` (the transformer) when the pipeline opened none
+    (FluxKontextPipeline): diffusers' cache hooks key their state on a context. Kept in `state.own_context`."""
+    if manager._context is None:
+        state.own_context = module.cache_context("cond")
+        state.own_context.__enter__()
+
+
+def close_own_context(state) -> None:
+    """Close the context open_cond_context opened, if any (at the end of each transformer call, also on error)."""
+    if state.own_context is not None:
+        context, state.own_context = state.own_context, None
+        context.__exit__(None, None, None)
+
+
 def install_hooks(pipe, kind: str, state, pre_hook, post_hook, reset) -> None:
     """Hook the transformer's whole forward (pre: decide, post: record; the post hook runs also when the forward
     raised), reset the cache at the start of every pipeline call (reset_at_call_start) and attach `state` to the

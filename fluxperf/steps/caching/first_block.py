@@ -42,9 +42,11 @@ from fluxperf.steps.caching.common import (
     check_not_compiled,
     check_steps,
     check_variant,
+    close_own_context,
     detach,
     enabled_cache,
     install_hooks,
+    open_cond_context,
     state_of,
     step_stats,
 )
@@ -154,7 +156,7 @@ def disable_first_block_cache(pipe) -> None:
         handle.remove()
     if pipe.__dict__.get("check_inputs") is state.check_inputs:
         del pipe.check_inputs
-    _close_own_context(state)
+    close_own_context(state)
     pipe.transformer.disable_cache()
     detach(pipe, KIND)
 
@@ -212,7 +214,7 @@ def _resetter(state: _State, transformer):
     """What runs at the start of each call: drop the FBC state a previous call left behind (a call that raised
     never reached diffusers' end-of-call reset)."""
     def reset() -> None:
-        _close_own_context(state)
+        close_own_context(state)
         state.decisions.clear()
         transformer._reset_stateful_cache()
 
@@ -228,18 +230,10 @@ def _check_resettable(pipe, what: str) -> None:
         )
 
 
-def _close_own_context(state: _State) -> None:
-    if state.own_context is not None:
-        context, state.own_context = state.own_context, None
-        context.__exit__(None, None, None)
-
-
 def _pre_hook(state: _State):
     def hook(module, args, kwargs):
         manager = state.head.state_manager
-        if manager._context is None:  # FluxKontextPipeline opens no cache context; FBC needs one
-            state.own_context = module.cache_context("cond")
-            state.own_context.__enter__()
+        open_cond_context(state, module, manager)
         if not manager._state_cache:  # fresh FBC state: diffusers reset it after the previous pipeline call
             state.decisions.clear()
 
@@ -256,7 +250,7 @@ def _post_hook(state: _State):
             elif manager._context is not None and manager.context.name == "cond":
                 state.decisions.append(bool(manager.get_state().should_compute))
         finally:
-            _close_own_context(state)
+            close_own_context(state)
 
     return hook
 

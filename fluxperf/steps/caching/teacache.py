@@ -53,9 +53,11 @@ from fluxperf.steps.caching.common import (
     check_not_compiled,
     check_steps,
     check_variant,
+    close_own_context,
     detach,
     enabled_cache,
     install_hooks,
+    open_cond_context,
     state_of,
     step_stats,
 )
@@ -269,7 +271,7 @@ def apply_teacache(pipe, cfg, *, variant: str, num_inference_steps: int) -> dict
     })
 
     def reset() -> None:
-        _close_own_context(state)
+        close_own_context(state)
         record.clear()
         manager.reset()
 
@@ -307,7 +309,7 @@ def disable_teacache(pipe) -> None:
         handle.remove()
     if pipe.__dict__.get("check_inputs") is state.check_inputs:
         del pipe.check_inputs
-    _close_own_context(state)
+    close_own_context(state)
     registry = HookRegistry.check_if_exists_or_initialize(pipe.transformer)
     for name in (HEAD_HOOK, BLOCK_HOOK):
         registry.remove_hook(name, recurse=True)
@@ -344,17 +346,9 @@ def _check_free(pipe, what: str) -> None:
                           "Fix: transformer.disable_cache() (or cache-dit's disable) first.")
 
 
-def _close_own_context(state: _State) -> None:
-    if state.own_context is not None:
-        context, state.own_context = state.own_context, None
-        context.__exit__(None, None, None)
-
-
 def _pre_hook(state: _State):
     def hook(module, args, kwargs):
-        if state.manager._context is None:  # FluxKontextPipeline opens no cache context; the hooks key state on one
-            state.own_context = module.cache_context("cond")
-            state.own_context.__enter__()
+        open_cond_context(state, module, state.manager)
 
     return hook
 
@@ -366,7 +360,7 @@ def _post_hook(state: _State):
                 state.record.clear()
                 state.manager.reset()
         finally:
-            _close_own_context(state)
+            close_own_context(state)
 
     return hook
 
