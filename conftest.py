@@ -159,6 +159,18 @@ def recipe_marks(name_or_recipe, *, check: bool = False) -> tuple[list, str | No
     return [getattr(pytest.mark, name) for name in names], reason
 
 
+@pytest.fixture
+def no_model_build(monkeypatch):
+    """Any model build, ladder run or live profile fails the test: a refusal of bad input must come before them."""
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built before the bad value was refused")
+
+    for target in ("fluxperf.model.build.build_pipeline", "fluxperf.measure.ladder_run.run_ladder",
+                   "fluxperf.cli.profile._profile_rung"):
+        monkeypatch.setattr(target, built)
+
+
 def block_cache_fixtures(steps: int):
     """The `tiny` and `clean` fixtures of the block-cache test modules (cache-dit, first-block cache, TeaCache):
     `tiny` = (variant, pipe, run, uncached image) of a tiny dev / Kontext pipeline at `steps` steps (module scope,

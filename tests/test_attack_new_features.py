@@ -185,17 +185,6 @@ def test_ladder_markdown_keeps_whole_run_counts_when_a_rung_failed():
 
 
 # == the classes behind the bugs above: more than the one input each ===============================================
-@pytest.fixture
-def nothing_built(monkeypatch):
-    """Any model build or ladder run fails the test: the refusal must come first."""
-
-    def built(*args, **kwargs):
-        raise AssertionError("a model was built before the bad value was refused")
-
-    monkeypatch.setattr("fluxperf.model.build.build_pipeline", built)
-    monkeypatch.setattr("fluxperf.measure.ladder_run.run_ladder", built)
-
-
 def test_every_registered_image_suffix_is_refused_up_front_or_written(tmp_path):
     """The class of bug 1: for EVERY suffix PIL registers, the check either refuses it or the run's own write (an
     RGB image through fluxperf.io.atomic_save, with the format the plan names) succeeds."""
@@ -251,7 +240,7 @@ def test_atomic_writers_keep_the_format_suffix_and_leave_findable_temp_files(tmp
     assert [p.name for p in stale_temp_files(tmp_path)] == [".ladder.csv.abc123.tmp.csv"]
 
 
-def test_ladder_refuses_a_trace_name_that_fits_only_without_its_rung_tag(tmp_path, nothing_built, capsys):
+def test_ladder_refuses_a_trace_name_that_fits_only_without_its_rung_tag(tmp_path, no_model_build, capsys):
     """--trace-file T.json writes T.<rung>.json per rung: the tagged names are checked, not only T.json."""
     name = "t" * (_name_max(tmp_path) - len(".json") - 2) + ".json"  # legal; + ".bf16" is not
     line = _one_line_refusal(["ladder", "--rungs", "bf16", "--out", str(tmp_path / "out"),
@@ -259,7 +248,7 @@ def test_ladder_refuses_a_trace_name_that_fits_only_without_its_rung_tag(tmp_pat
     assert "--trace-file" in line and "'bf16'" in line and "Fix: choose a shorter name" in line
 
 
-def test_over_long_out_and_trace_directory_are_one_line_refusals(tmp_path, nothing_built, capsys):
+def test_over_long_out_and_trace_directory_are_one_line_refusals(tmp_path, no_model_build, capsys):
     long_dir = tmp_path / ("d" * (_name_max(tmp_path) + 1))
     line = _one_line_refusal(["ladder", "--rungs", "bf16", "--out", str(long_dir)], capsys)
     assert "--out" in line and "Fix:" in line
@@ -293,7 +282,7 @@ CHECKPOINT_REFUSALS = [
 @pytest.mark.parametrize("command", ["generate", "ladder"])
 @pytest.mark.parametrize("text, words", CHECKPOINT_REFUSALS, ids=[t for t, _ in CHECKPOINT_REFUSALS])
 def test_checkpoint_that_is_neither_a_pipeline_directory_nor_a_hub_id_is_refused(command, text, words, tmp_path,
-                                                                                monkeypatch, nothing_built, capsys):
+                                                                                monkeypatch, no_model_build, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     line = _one_line_refusal([command, "--checkpoint", text], capsys)
@@ -354,7 +343,7 @@ def test_ladder_csv_keeps_whole_run_counts_when_a_rung_failed():
                                   ["--variant", "dev", "--steps", "4", "--rungs", "fa2_fbcache_int8"],
                                   ["--rungs", "baseline", "--reference", "fa2"]])
 def test_ladder_refuses_rungs_this_machine_lacks_the_needs_of_before_building(argv, tmp_path, monkeypatch,
-                                                                              nothing_built, capsys):
+                                                                              no_model_build, capsys):
     from fluxperf.ladder import recipe_from
     from fluxperf.requirements import missing
 

@@ -32,16 +32,6 @@ def _plan(argv):
     return make_plan(build_parser().parse_args(["generate", *argv]))
 
 
-@pytest.fixture
-def no_model_build(monkeypatch):
-    """Any model build fails the test: every refusal must come before it."""
-
-    def built(*args, **kwargs):
-        raise AssertionError("a model was built before the bad value was refused")
-
-    monkeypatch.setattr("fluxperf.model.build.build_pipeline", built)
-
-
 def _refused(argv, capsys) -> str:
     """Run `fluxperf generate argv`; assert exit status 2 and ONE error line; return it."""
     try:

@@ -13,16 +13,9 @@ from fluxperf.measure.ladder_run import LadderOptions, OptionError
 
 
 @pytest.fixture
-def no_model_build(monkeypatch):
-    """Any model build (or ladder run, or live profile) fails the test: validation must come first."""
-
-    def built(*args, **kwargs):
-        raise AssertionError("a model was built before the bad value was refused")
-
-    monkeypatch.setattr("fluxperf.model.build.build_pipeline", built)
-    monkeypatch.setattr("fluxperf.measure.ladder_run.run_ladder", built)
-    monkeypatch.setattr("fluxperf.cli.profile._profile_rung", built)
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # "cuda without a GPU", on any machine
+def no_model_build(no_model_build, monkeypatch):
+    """The root conftest's no_model_build, on a machine without CUDA ("cuda without a GPU", on any machine)."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
 
 
 def _refused(argv, capsys) -> str:
