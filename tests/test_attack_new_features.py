@@ -83,24 +83,27 @@ def test_over_long_trace_file_name_is_refused_before_any_work(tmp_path):
         check_trace_path(tmp_path / ("t" * (_name_max(tmp_path) + 1) + ".json"))
 
 
-def test_generate_trace_file_with_tilde_is_written_in_home(tmp_path, monkeypatch):
+@pytest.fixture
+def home_and_cwd(tmp_path, monkeypatch):
+    """(HOME, working directory): two fresh directories, so '~' and relative paths are told apart."""
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir()
     cwd.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
+    return home, cwd
+
+
+def test_generate_trace_file_with_tilde_is_written_in_home(tmp_path, home_and_cwd):
+    home, cwd = home_and_cwd
     assert main(["generate", *EAGER, "--steps", "1", "--output-file", str(tmp_path / "o.png"),
                  "--trace-file", "~/t.json"]) == 0
     assert not (cwd / "~").exists(), "wrote into a directory literally named '~'"
     assert (home / "t.json").is_file()
 
 
-def test_ladder_out_and_trace_file_with_tilde_are_written_in_home(tmp_path, monkeypatch):
-    home, cwd = tmp_path / "home", tmp_path / "cwd"
-    home.mkdir()
-    cwd.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(cwd)
+def test_ladder_out_and_trace_file_with_tilde_are_written_in_home(tmp_path, home_and_cwd):
+    home, cwd = home_and_cwd
     assert main(["ladder", "--rungs", "baseline", "--steps", "1", "--runs", "1", "--step-rounds", "1",
                  "--warmup", "0", "--device", "cpu", "--out", "~/lad", "--trace-file", "~/t.json"]) == 0
     assert not (cwd / "~").exists(), "wrote into a directory literally named '~'"

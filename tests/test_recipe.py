@@ -55,6 +55,14 @@ def test_bad_values_name_the_value_and_the_fix(data, words):
         ({"dtype": "float32", "quantize": {"kind": "float8"}}, ["float8", "bfloat16"]),
         ({"dtype": "float32", "attention": {"backend": "fa3_fp8"}}, ["FlashAttention-3"]),
         ({"attention": {"backend": "sdpa", "fp8_scaling": "per_head"}}, ["fp8_scaling", "fa3_fp8"]),
+        # TeaCache (fluxperf.steps.caching.teacache)
+        ({"export": {"enabled": True}, "first_block_cache": {"enabled": True, "kind": "teacache"}},
+         ["export.enabled=True with first_block_cache.enabled=True (kind='teacache')", "Fix"]),
+        ({"compile": {"enabled": True}, "first_block_cache": {"enabled": True, "kind": "teacache"}},
+         ["kind='teacache'", "TeaCache decides inside the head block", "compile.fullgraph=False"]),
+        ({"compile": {"enabled": True, "fullgraph": False, "mode": "max-autotune"},
+          "first_block_cache": {"enabled": True, "kind": "teacache"}}, ["CUDA graphs"]),
+        ({"cache_dit": {"enabled": True}, "first_block_cache": {"enabled": True, "kind": "teacache"}}, ["only one"]),
     ],
 )
 def test_incompatible_combinations_are_refused(data, words):

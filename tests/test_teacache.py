@@ -15,7 +15,7 @@ from root_conftest import block_cache_fixtures
 from fluxperf.apply import apply, remove
 from fluxperf.errors import FluxperfError, RecipeError
 from fluxperf.ladder import recipe_from, rung
-from fluxperf.recipe import FirstBlockCacheConfig, Recipe
+from fluxperf.recipe import FirstBlockCacheConfig
 from fluxperf.steps.caching.stats import active_cache, last_call_cache_stats
 from fluxperf.steps.caching.teacache import (
     COMPILE_HINT,
@@ -240,20 +240,8 @@ def test_other_caches_and_a_compiled_transformer_are_refused(clean):
     assert not is_teacache_enabled(pipe)
 
 
-@pytest.mark.parametrize("data, words", [
-    ({"export": {"enabled": True}, "first_block_cache": {"enabled": True, "kind": "teacache"}},
-     ["export.enabled=True with first_block_cache.enabled=True (kind='teacache')", "Fix"]),
-    ({"compile": {"enabled": True}, "first_block_cache": {"enabled": True, "kind": "teacache"}},
-     ["kind='teacache'", "TeaCache decides inside the head block", "compile.fullgraph=False"]),
-    ({"compile": {"enabled": True, "fullgraph": False, "mode": "max-autotune"},
-      "first_block_cache": {"enabled": True, "kind": "teacache"}}, ["CUDA graphs"]),
-    ({"cache_dit": {"enabled": True}, "first_block_cache": {"enabled": True, "kind": "teacache"}}, ["only one"]),
-])
-def test_recipe_refuses_what_cannot_work(data, words):
-    with pytest.raises(RecipeError) as info:
-        Recipe.from_dict(data)
-    for word in words:
-        assert word in str(info.value)
+# TeaCache's recipe refusals (export, fullgraph compile, CUDA-graph modes, a second cache) are in
+# tests/test_recipe.py::test_incompatible_combinations_are_refused, with every other combination rule.
 
 
 def test_rung_and_compiled_variant_validate():
