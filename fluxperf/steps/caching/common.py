@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fluxperf.errors import FluxperfError, RecipeError
@@ -96,6 +96,17 @@ def reset_at_call_start(pipe, reset):
         return original(*args, **kwargs)
 
     return check_inputs
+
+
+@dataclass(kw_only=True)
+class HookState:
+    """What a hook-based block cache (first-block cache, TeaCache) keeps on the pipeline: its report, the hook
+    handles, the cache context it opened itself (Kontext) and its check_inputs wrapper (install_hooks sets them)."""
+
+    report: dict
+    handles: list = field(default_factory=list)
+    own_context: Any = None  # the cache_context we opened (Kontext), closed after the call
+    check_inputs: Any = None  # our wrapper of pipe.check_inputs (resets state at the start of each call)
 
 
 def open_cond_context(state, module, manager) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 
 from fluxperf.errors import FluxperfError, RecipeError
 from fluxperf.steps.caching.common import (
+    HookState,
     check_not_compiled,
     check_steps,
     check_variant,
@@ -58,16 +59,12 @@ COMPILE_HINT = {"scope": "regional", "fullgraph": False,
 KIND = "first_block"  # this cache's name in fluxperf.steps.caching.common (and in cache_stats' reports)
 
 
-@dataclass
-class _State:
+@dataclass(kw_only=True)
+class _State(HookState):
     """Hooks fluxperf added and the head block's decisions of the current pipeline call."""
 
     head: Any  # diffusers FBCHeadBlockHook
-    report: dict
     decisions: list[bool] = field(default_factory=list)  # per "cond" transformer call: True = all blocks ran
-    handles: list = field(default_factory=list)
-    own_context: Any = None  # the cache_context we opened (Kontext), closed after the call
-    check_inputs: Any = None  # our wrapper of pipe.check_inputs (resets state at the start of each call)
 
 
 def teacache_available() -> bool:

@@ -50,6 +50,7 @@ from typing import Any
 
 from fluxperf.errors import FluxperfError, RecipeError
 from fluxperf.steps.caching.common import (
+    HookState,
     check_not_compiled,
     check_steps,
     check_variant,
@@ -100,14 +101,10 @@ class _Record:
         self.accumulated.clear()
 
 
-@dataclass
-class _State:
+@dataclass(kw_only=True)
+class _State(HookState):
     manager: Any  # diffusers StateManager shared by the hooks
     record: _Record
-    report: dict
-    handles: list = field(default_factory=list)
-    own_context: Any = None  # the cache_context we opened (Kontext), closed after the call
-    check_inputs: Any = None  # our wrapper of pipe.check_inputs
 
 
 def _hook_classes():
