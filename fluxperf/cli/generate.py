@@ -202,7 +202,8 @@ def _summary(stack) -> list[str]:
     """One line per applied stage: what it did (fluxperf.apply.AppliedStack's per-stage details, scalars first)."""
     data = stack.to_dict()
     lines = [f"applied ({stack.recipe.name}): {', '.join(data['stages'])}; attention {data['attention_backend']}, "
-             f"float8 Linear layers {data['float8_linear_count']}, QKV fused {data['qkv_fused']}"]
+             f"quantized Linear layers {data['quantized_linear_count']} ({data['quantize_kind']}), "
+             f"QKV fused {data['qkv_fused']}"]
     for name, details in data["steps"].items():
         lines.append(f"  {name}: {_brief(details)}")
     return lines
