@@ -29,6 +29,9 @@ import pytest
 
 from fluxperf.bench.judge import ALLOW_MISSING_FLAG, EXIT_STATUS, NOT_MEASURED, Verdict
 
+# --shard I/N (one worker per GPU; fluxperf/bench/shard.py) comes with this plugin
+pytest_plugins = ["fluxperf.bench.shard"]
+
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default --benchmark-storage
 EXIT_REPORT_ERROR = 15  # the verdict passed but --fluxperf-report could not be written
 
@@ -48,6 +51,8 @@ GROUPS = {
     "experiment_dev": "experiment-table FLUX.1-dev 28-step images, eager: teacache, fa2_fbcache_float8, fa2_fbcache_int8",
     "compile_faithful": "flux-fast's compile (whole model, max-autotune without CUDA graphs, fullgraph) on the flags "
                         "stack; compare with step[flags]",
+    "parallel": "context-parallel rungs' transformer step on 2 GPUs (one process per GPU, NCCL) and the single-GPU "
+                "compile/bf16 steps they scale from (needs perf-tier.sh --gpus 2: FLUXPERF_GPU_COUNT=2)",
 }
 _KEY = pytest.StashKey["FluxperfState"]()
 _NEVER_HANDED_OVER = ("baseline_error", "not_measured", "no_baseline")

@@ -1,0 +1,137 @@
+"""Context parallelism on 2 GPUs (issue 16; perf group `parallel`): the parallel rungs' transformer step, full-size
+FLUX.1-schnell at 1024x1024, batch 1, and the single-GPU steps they scale from, measured in the same run.
+
+The harness (fluxperf.bench.harness.Bench) times a function in this process, so this process is rank 0:
+fluxperf.parallel_launch.drive starts rank 1 in a worker process, both enter fluxperf.measure.parallel_bench
+.step_mirror (build, apply, seeded inputs), and every call rank 0 makes (warm-up, timed rounds, kernel counting,
+re-measurement) is preceded by a "step" command that makes rank 1 call too; a warm recompile sends "reset" first.
+Rank 0's CUDA events time the step including its waits for rank 1 at the collectives.
+
+Each parallel benchmark stores `world_size`, `scaling_efficiency` = single-GPU step / (N x parallel step)
+(fluxperf.parallel_launch.scaling_efficiency) against the single-GPU step of its base stack measured earlier in
+this session (`scaling_reference`; None with the reason when that was not measured), and TFLOP/s and MFU per GPU
+(the step's FLOPs / N against one GPU's measured bf16 peak).
+
+Baselines: baselines/<gpu>x2/ (FLUXPERF_GPU_COUNT=2, set by `scripts/tiers/perf-tier.sh parallel --gpus 2`); a
+session without it fails here rather than store 2-GPU times in the single-GPU baseline. Skips below 2 GPUs.
+"""
+
+from __future__ import annotations
+
+import pytest
+from root_conftest import recipe_marks
+
+from fluxperf.ladder import PARALLEL_RUNGS, recipe_from, rung
+from fluxperf.model.shapes import ShapeSpec
+
+SPEC = ShapeSpec("schnell", 1024, 1024)  # perf/conftest.py's SPEC and STEP_ROUNDS
+STEP_ROUNDS = 20
+WORLD_SIZE = 2
+MIRROR_TIMEOUT_S = 900  # a rank waiting longer at a collective (its peer failed or hangs) raises, never hangs
+# single-GPU rung a parallel rung scales from (its stack without the parallel stage), where this group measures it
+SINGLE_OF = {"cp2_ulysses": "compile", "cp2_ring": "compile", "cp2_ulysses_eager": "bf16"}
+SINGLE_RUNGS = tuple(dict.fromkeys(SINGLE_OF.values()))
+_single_ms: dict[str, float] = {}  # single-GPU rung -> median ms measured in this session
+
+
+@pytest.fixture(autouse=True)
+def two_gpus_with_their_baseline():
+    """Skip below 2 GPUs; fail when the session's baseline is not the 2-GPU one (FLUXPERF_GPU_COUNT)."""
+    import torch
+
+    from fluxperf.env import GPU_COUNT_ENV, gpu_count
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < WORLD_SIZE:
+        pytest.skip(f"needs {WORLD_SIZE} CUDA GPUs (context parallelism, one process per GPU); this machine shows "
+                    f"{count}")
+    if gpu_count() != WORLD_SIZE:
+        pytest.fail(f"{GPU_COUNT_ENV}={gpu_count()}: the parallel group's records belong in the {WORLD_SIZE}-GPU "
+                    f"baseline. Fix: scripts/tiers/perf-tier.sh parallel --gpus {WORLD_SIZE} (or set "
+                    f"{GPU_COUNT_ENV}={WORLD_SIZE}).", pytrace=False)
+
+
+def _params(names):
+    return [pytest.param(n, id=n, marks=[pytest.mark.perf_group("parallel"), *recipe_marks(n)[0]]) for n in names]
+
+
+@pytest.mark.gpu
+@pytest.mark.perf
+@pytest.mark.parametrize("rung_name", _params(SINGLE_RUNGS))
+def test_single_gpu_step(perf, rung_name):
+    """The scaling reference: the rung on GPU 0 alone (as test_ladder's step), before the parallel steps."""
+    extra = perf.transformer_step(rung_name)
+    assert extra["rounds"] >= 10
+    _single_ms[rung_name] = extra["median_ms"]
+
+
+@pytest.mark.gpu
+@pytest.mark.perf
+@pytest.mark.parametrize("rung_name", _params(PARALLEL_RUNGS))
+def test_parallel_step(request, benchmark, rung_name):
+    extra = parallel_step(request, benchmark, rung_name)
+    assert extra["rounds"] >= 10 and extra["world_size"] == WORLD_SIZE
+    assert extra["applied"]["steps"]["parallel"]["dist_backend"] == "nccl"
+    assert 0 < extra["metrics"]["mfu"] < 1.5, "MFU per GPU against the measured bf16 GEMM peak (fp8 may exceed 1)"
+    if rung_name in SINGLE_OF and SINGLE_OF[rung_name] in _single_ms:
+        assert 0 < extra["scaling_efficiency"] < 1.5, extra["scaling_efficiency"]
+
+
+def parallel_step(request, benchmark, rung_name: str) -> dict:
+    """Drive rank 1, enter the step setup as rank 0, measure with Bench; returns the benchmark's extra_info."""
+    import torch
+
+    from fluxperf.bench.flops import step_flops
+    from fluxperf.bench.harness import Bench, timed_call
+    from fluxperf.measure.parallel_bench import step_mirror
+    from fluxperf.measure.runner import free_gpu
+    from fluxperf.parallel_launch import drive
+
+    recipe = recipe_from(rung_name)
+    _, missing = recipe_marks(recipe, check=True)  # as perf/conftest.py's require_rung
+    if missing:
+        pytest.skip(missing)
+    assert recipe.parallel.world_size == WORLD_SIZE, rung_name
+    try:
+        with drive(step_mirror, rung_name, SPEC, nprocs=WORLD_SIZE, timeout_s=MIRROR_TIMEOUT_S) as driver, \
+                step_mirror(0, WORLD_SIZE, rung_name, SPEC) as mine:
+            own = mine.commands
+
+            def step():
+                driver.call("step")
+                return own["step"]()
+
+            def warm_compile() -> float:
+                driver.call("reset")
+                torch._dynamo.reset()
+                return timed_call(step)
+
+            first = timed_call(step)
+            info = {"rung": rung_name, "spec": SPEC.key(), "applied": mine.run.stack.to_dict(),
+                    "apply_s": mine.run.setup_s, "slowdown_injected": mine.slowdown, "world_size": WORLD_SIZE,
+                    "flops_per": "GPU (the step's FLOPs / world_size)"}
+            extra = Bench(request, benchmark).run(
+                step, rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(SPEC).total / WORLD_SIZE,
+                first_call_s=first, setup_s=mine.run.setup_s,
+                warm_compile=warm_compile if recipe.compile.enabled else None, info=info, dyn_before=mine.dyn_before)
+            extra["mirrored_calls"] = dict(driver.calls)
+    finally:
+        free_gpu()
+    extra.update(_scaling(rung_name, extra["median_ms"]))
+    return extra
+
+
+def _scaling(rung_name: str, parallel_ms: float) -> dict:
+    """scaling_efficiency against the session's single-GPU step of the rung's base, or None with the reason."""
+    from fluxperf.parallel_launch import scaling_efficiency
+
+    single = SINGLE_OF.get(rung_name)
+    if single is None:
+        return {"scaling_efficiency": None, "scaling_reference": f"none: the group measures no single-GPU "
+                f"{rung(rung_name).name} stack without its parallel stage"}
+    if single not in _single_ms:
+        return {"scaling_efficiency": None, "scaling_reference": f"none: test_single_gpu_step[{single}] did not "
+                "run before it in this session"}
+    return {"scaling_efficiency": scaling_efficiency(_single_ms[single], parallel_ms, WORLD_SIZE),
+            "scaling_reference": f"perf/test_parallel.py::test_single_gpu_step[{single}]",
+            "single_gpu_median_ms": _single_ms[single]}
