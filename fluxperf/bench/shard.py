@@ -27,6 +27,7 @@ The command line (scripts/tiers/*.sh use it; no torch imported except by `gpus`)
     python -m fluxperf.bench.shard groups N G1 G2 ...   lines "<i> <groups...>" per shard, then "all-gpus <groups>"
     python -m fluxperf.bench.shard worst S1 S2 ...      the most severe exit status (judge's severity)
     python -m fluxperf.bench.shard gpus N               exit 2 with one line when fewer than N CUDA GPUs are visible
+    python -m fluxperf.bench.shard span GROUP           the GPUs one measurement of GROUP spans (1, parallel: 2)
 """
 
 from __future__ import annotations
@@ -259,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(i, *groups)
             print("all-gpus", *whole)
             return 0
+        if cmd == "span" and len(rest) == 1:
+            print(ALL_GPU_GROUPS.get(rest[0], 1))
+            return 0
         if cmd == "worst" and all(s.isdigit() for s in rest):
             print(worst_status([int(s) for s in rest]))
             return 0
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"shard: {exc}", file=sys.stderr)
         return 2
-    print("usage: python -m fluxperf.bench.shard groups N GROUP... | worst STATUS... | gpus N", file=sys.stderr)
+    print("usage: python -m fluxperf.bench.shard groups N GROUP... | worst STATUS... | gpus N | span GROUP", file=sys.stderr)
     return 2
 
 
