@@ -172,11 +172,22 @@ if [ "$BASELINE" = 1 ]; then
     log "not updating the baseline: the runs did not all pass (exit $FINAL) or produced no JSON"
     [ "$FINAL" = 0 ] && FINAL=1
   else
-    python3 -m fluxperf baseline update "${JSONS[@]}" 2>&1 | tee -a "$LOG"
-    urc=${PIPESTATUS[0]}
-    [ "$urc" != 0 ] && FINAL=$urc
-    slug_dir="$(python3 -c 'import json,sys; print("baselines/" + json.load(open(sys.argv[1]))["machine_info"]["fluxperf"]["slug"])' "${JSONS[0]}")"
-    [ -d "$slug_dir" ] && mkdir -p "$WORK/baselines" && cp -r "$slug_dir" "$WORK/baselines/"
+    # one update per GPU slug: with --gpus the parallel group's runs belong to baselines/<gpu>x2/
+    while read -r slug files; do
+      log "perf tier: fluxperf baseline update ($slug): $files"
+      python3 -m fluxperf baseline update $files < /dev/null 2>&1 | tee -a "$LOG"
+      urc=${PIPESTATUS[0]}
+      [ "$urc" != 0 ] && FINAL=$urc
+      [ -d "baselines/$slug" ] && mkdir -p "$WORK/baselines" && cp -r "baselines/$slug" "$WORK/baselines/"
+    done < <(python3 - "${JSONS[@]}" <<'PY'
+import json, sys
+by_slug = {}
+for path in sys.argv[1:]:
+    by_slug.setdefault(json.load(open(path))["machine_info"]["fluxperf"]["slug"], []).append(path)
+for slug, paths in by_slug.items():
+    print(slug, *paths)
+PY
+)
   fi
 fi
 log "perf tier [$NAME]: exit $FINAL (0 pass, 10 regression, 11 inconclusive, 12 baseline error, other: pytest)"
@@ -186,7 +197,10 @@ if [ -n "${OUT:-}" ]; then
   cp "$LOG" "$OUT/"
   [ ${#JSONS[@]} -gt 0 ] && cp "${JSONS[-1]}" "$OUT/$NAME.json"
   if compgen -G "$WORK/report-*/report.md" > /dev/null; then cat "$WORK"/report-*/report.md > "$OUT/report.md"; fi
-  if compgen -G "$WORK/baselines/*/0001_baseline.json" > /dev/null; then cp "$WORK"/baselines/*/0001_baseline.json "$OUT/"; fi
+  # one GPU slug: $OUT/0001_baseline.json; several (--gpus with parallel): $OUT/<slug>-0001_baseline.json each
+  kept=("$WORK"/baselines/*/0001_baseline.json)
+  if [ -f "${kept[0]}" ] && [ ${#kept[@]} = 1 ]; then cp "${kept[0]}" "$OUT/"
+  elif [ -f "${kept[0]}" ]; then for b in "${kept[@]}"; do cp "$b" "$OUT/$(basename "$(dirname "$b")")-0001_baseline.json"; done; fi
   tar -czf "$OUT/perf-$NAME.tar.gz" -C "$WORK" .
   echo "results in $OUT"
 else
