@@ -113,6 +113,14 @@ def test_perf_tier_single_gpu_leaves_multi_gpu_groups_out_of_all_and_refuses_the
     assert done.returncode == 2 and "Fix: scripts/tiers/perf-tier.sh parallel --gpus 2" in done.stderr
 
 
+def test_perf_tier_group_list_over_two_gpus(tmp_path):
+    done = tier(tmp_path, "perf-tier.sh", "base,flags", "--gpus", "2")
+    runs = fake_lines((tmp_path / "out" / "perf-base,flags.log").read_text())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted((r["group"], r["count"]) for r in runs) == [("base", "1"), ("flags", "1")]
+    assert {r["devices"] for r in runs} == {"0", "1"}  # one group per GPU, at the same time
+
+
 def test_perf_tier_refuses_a_gpu_with_nothing_to_run(tmp_path):
     done = tier(tmp_path, "perf-tier.sh", "compile", "--gpus", "2")
     assert done.returncode == 2 and "1 per-GPU group(s) over 2 GPUs leaves a GPU with nothing" in done.stderr

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the GPU perf tier (perf/), one group or all, and optionally compare with or create the baseline.
 #
-#   scripts/tiers/perf-tier.sh GROUP|all [--compare] [--baseline] [--repeat N] [--gpus N] [-- PYTEST_ARGS...]
+#   scripts/tiers/perf-tier.sh GROUP[,GROUP...]|all [--compare] [--baseline] [--repeat N] [--gpus N] [-- PYTEST_ARGS...]
 #
 #   GROUP       base | compile | attention | float8 | flags | export | e2e_compile | e2e_full | dev_cache |
 #               kontext | parallel | ... | all   (fluxperf.bench.pytest_plugin.GROUPS is the list)
@@ -54,7 +54,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 case "$GPUS" in [1-8]) ;; *) echo "perf-tier: --gpus '$GPUS': the number of GPUs to shard over, 1 to 8. Fix: e.g. --gpus 2" >&2; exit 2 ;; esac
-if [ "$NAME" = all ]; then SELECTED="$GROUPS_ALL"; else SELECTED="$NAME"; fi
+if [ "$NAME" = all ]; then SELECTED="$GROUPS_ALL"; else SELECTED="${NAME//,/ }"; fi
 for g in $SELECTED; do
   case " $GROUPS_ALL " in *" $g "*) ;; *) echo "unknown group '$g'; use one of: $GROUPS_ALL all" >&2; exit 2 ;; esac
 done
@@ -65,7 +65,7 @@ MULTI=$(sed -n 's/^all-gpus *//p' <<< "$PLAN")
 LEFT_OUT=""
 if [ -n "$MULTI" ] && [ "$GPUS" = 1 ]; then
   if [ "$NAME" != all ]; then
-    echo "perf-tier: group $NAME spans several GPUs (one process per GPU). Fix: scripts/tiers/perf-tier.sh $NAME --gpus 2" >&2; exit 2
+    echo "perf-tier: group(s) [$MULTI] span several GPUs (one process per GPU). Fix: scripts/tiers/perf-tier.sh $NAME --gpus 2" >&2; exit 2
   fi
   LEFT_OUT="$MULTI"; MULTI=""
 fi
