@@ -16,9 +16,8 @@ shard; ties broken by name and shard index), so the split depends only on the se
 every worker computes the same partition, every test is in exactly one shard, and the most-loaded shard exceeds
 the least-loaded by at most one unit's weight.
 
-Tests that need several GPUs (the `all_gpus` marker, the modules in ALL_GPU_MODULES, the groups in
-ALL_GPU_GROUPS) are in no numbered shard: `--shard all-gpus` selects exactly them, to run after the per-GPU
-shards with every GPU visible. The numbered shards and `all-gpus` together partition the selection.
+Tests that need several GPUs (the `all_gpus` marker, the perf groups in ALL_GPU_GROUPS) are in no numbered
+shard: `--shard all-gpus` selects exactly them, to run after the per-GPU shards with every GPU visible. The numbered shards and `all-gpus` together partition the selection.
 
 A shard that selects nothing never passes silently: pytest exits 14 (fluxperf.bench.judge's not_measured) and says
 which shard was empty. Bad values (`--shard 2/2`, `--shard x`) are refused with one line (pytest's usage error).
@@ -39,8 +38,6 @@ from dataclasses import dataclass
 import pytest
 
 ALL_GPUS_MARK = "all_gpus"
-# Modules whose tests launch one process per GPU themselves (until they carry the all_gpus marker).
-ALL_GPU_MODULES = ("tests/gpu/test_parallel_gpu.py",)
 # perf group -> GPUs one of its measurements spans (FLUXPERF_GPU_COUNT for its session: baselines/<gpu>x<N>/).
 ALL_GPU_GROUPS = {"parallel": 2}
 # Cold seconds of each perf group on one H200 (perf/README.md "Groups": measured 2026-11-29 where run, the
@@ -125,10 +122,8 @@ def group_plan(groups: list[str], count: int) -> tuple[list[list[str]], list[str
 
 
 def needs_all_gpus(item) -> bool:
-    """Whether a test spans several GPUs (all_gpus marker, a module of ALL_GPU_MODULES, a group of ALL_GPU_GROUPS)."""
-    group = _group_of(item)
-    return (item.get_closest_marker(ALL_GPUS_MARK) is not None or _module_of(item) in ALL_GPU_MODULES
-            or group in ALL_GPU_GROUPS)
+    """Whether a test spans several GPUs (the all_gpus marker, or a perf group of ALL_GPU_GROUPS)."""
+    return item.get_closest_marker(ALL_GPUS_MARK) is not None or _group_of(item) in ALL_GPU_GROUPS
 
 
 def _module_of(item) -> str:

@@ -9,7 +9,7 @@ return value comes back to the caller.
   inputs: the parallel output's error against the single-process one.
 * image_vs_single: the same for a whole pipeline image (seeded prompt embeddings and noise): PSNR.
 * ladder_rung: a ladder rung (fluxperf.measure.ladder_run) measured in every rank, rank 0's record returned.
-* step_timing: a transformer step's timing (warm-up apart) for the perf tier.
+* (the perf tier's mirrored step lives in fluxperf.measure.parallel_bench.step_mirror)
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pytest
 
 from fluxperf.ladder import PARALLEL_RUNGS
 
-pytestmark = [pytest.mark.gpu, pytest.mark.numerics, pytest.mark.slow]
+pytestmark = [pytest.mark.gpu, pytest.mark.numerics, pytest.mark.slow, pytest.mark.all_gpus]
 
 SPEC_ARGS = ("schnell", 1024, 1024, 1)
 REL_ERR_MAX = {"cp2_ulysses": 0.02, "cp2_ulysses_eager": 0.02, "cp2_ring": 0.02, "cp2_ulysses_float8": 0.05}
