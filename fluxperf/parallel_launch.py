@@ -295,3 +295,10 @@ def _mirror_worker(rank: int, setup, args, world_size: int, port: int, backend: 
     except BaseException:  # noqa: BLE001 - reported to rank 0 (Driver.check), then the process exits non-zero
         replies.put((rank, traceback.format_exc()))
         raise SystemExit(1) from None
+
+
+def rank_device(rank: int) -> str:
+    """cuda:<rank> where the launcher pinned a GPU to each rank (NCCL), else cpu (gloo)."""
+    import torch.distributed as dist
+
+    return f"cuda:{rank}" if dist.get_backend() == "nccl" else "cpu"

@@ -105,3 +105,19 @@ def test_ulysses_on_gloo_matches_the_single_process_transformer():
     assert (report["world_size"], report["ulysses_degree"], report["dist_backend"]) == (2, 2, "gloo")
     assert out["shape"] == [1, 16, 64]  # gathered back to the full sequence
     assert out["rel_err"] < 1e-5, out  # measured 1.3e-7 (float32; SDPA on half the heads per rank)
+
+
+@pytest.mark.slow
+def test_ladder_runs_a_parallel_rung_in_two_processes_on_gloo():
+    """fluxperf ladder's route for context-parallel rungs: one process per rank (gloo on CPU), rank 0's RungResult
+    comes back with the parallel stage's report and an image close to the one-process reference rung."""
+    from fluxperf.measure.ladder_run import LadderOptions, run_ladder
+
+    lines = []
+    result = run_ladder(LadderOptions(rungs=("bf16", "cp2_ulysses_eager"), steps=2, rounds=1, step_rounds=1,
+                                      warmup=0, device="cpu"), progress=lines.append)
+    by = {r.rung: r for r in result.rungs}
+    cp = by["cp2_ulysses_eager"]
+    assert cp.status == "ok", cp.error
+    assert cp.applied["world_size"] == 2 and cp.applied["steps"]["parallel"]["dist_backend"] == "gloo"
+    assert cp.psnr_db > 30, cp.psnr_db  # bf16, the sequence split over 2 ranks vs one process: close, not equal

@@ -20,7 +20,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fluxperf.errors import FluxperfError
@@ -211,19 +211,34 @@ def _prompt_embeddings(opts: LadderOptions, spec, progress) -> dict:
 
 def _run_rung(name: str, opts: LadderOptions, spec, embeds: dict, progress) -> RungResult:
     """One rung: here, or (context-parallel rungs, issue 16) in one process per GPU through fluxperf.parallel_launch,
-    each rank measuring as _run_rung_here does (fluxperf.measure.parallel_run.ladder_rung); rank 0's result."""
+    each rank measuring as _run_rung_here does (_rank_rung); rank 0's result."""
     recipe = recipe_from(name)
     if not recipe.parallel.enabled:
         return _run_rung_here(name, opts, spec, embeds, progress)
-    from fluxperf.measure.parallel_run import ladder_rung
     from fluxperf.parallel_launch import launch
 
     try:
-        return launch(ladder_rung, name, opts, spec, {k: v.cpu() for k, v in embeds.items()},
+        return launch(_rank_rung, name, opts, spec, {k: v.cpu() for k, v in embeds.items()},
                       nprocs=recipe.parallel.world_size, backend="nccl" if opts.device.startswith("cuda") else "gloo")
     except Exception as exc:  # recorded as _run_rung_here records a failing rung
         progress(f"[ladder] {name}: FAILED: {type(exc).__name__}: {exc}")
         return RungResult(rung=name, status="error", error=f"{type(exc).__name__}: {exc}")
+
+
+def _rank_rung(rank: int, world_size: int, name: str, opts: LadderOptions, spec, embeds: dict) -> RungResult:
+    """_run_rung_here in one rank of a context-parallel rung (launched by _run_rung): rank 0 prints progress and
+    its RungResult is the rung's; the other ranks' traces, if asked, get a `.rank<r>` tag."""
+    from fluxperf.parallel_launch import rank_device
+
+    device = rank_device(rank)
+    changes: dict[str, Any] = {"device": device}
+    if rank and opts.trace_file:
+        from fluxperf.measure.trace import tagged
+
+        changes["trace_file"] = str(tagged(opts.trace_file, f"rank{rank}"))
+    opts = replace(opts, **changes)
+    progress = print if rank == 0 else (lambda _msg: None)
+    return _run_rung_here(name, opts, spec, {k: v.to(device) for k, v in embeds.items()}, progress)
 
 
 def _run_rung_here(name: str, opts: LadderOptions, spec, embeds: dict, progress) -> RungResult:

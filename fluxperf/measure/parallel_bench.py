@@ -53,10 +53,10 @@ def step_mirror(rank: int, world_size: int, recipe, spec, size: str = "full", se
     from fluxperf.bench.harness import dynamo_counts, fresh_compile_cache
     from fluxperf.bench.slowdown import install_slowdown, slowdown_fraction
     from fluxperf.ladder import recipe_from
-    from fluxperf.measure.parallel_run import rank_device
     from fluxperf.measure.runner import prepared
     from fluxperf.model.configs import dims_of_pipeline
     from fluxperf.model.shapes import transformer_inputs
+    from fluxperf.parallel_launch import rank_device
 
     recipe = recipe_from(recipe)
     device = device or rank_device(rank)

@@ -8,21 +8,15 @@ return value comes back to the caller.
 * transformer_vs_single: one transformer forward, unsplit (before apply) and parallel (after), on the same seeded
   inputs: the parallel output's error against the single-process one.
 * image_vs_single: the same for a whole pipeline image (seeded prompt embeddings and noise): PSNR.
-* ladder_rung: a ladder rung (fluxperf.measure.ladder_run) measured in every rank, rank 0's record returned.
+* (a ladder rung in every rank: fluxperf.measure.ladder_run._rank_rung)
 * (the perf tier's mirrored step lives in fluxperf.measure.parallel_bench.step_mirror)
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-
-def rank_device(rank: int) -> str:
-    """cuda:<rank> where the launcher pinned a GPU to each rank, else cpu (gloo)."""
-    import torch.distributed as dist
-
-    return f"cuda:{rank}" if dist.get_backend() == "nccl" else "cpu"
+from fluxperf.parallel_launch import rank_device
 
 
 def transformer_vs_single(rank: int, world_size: int, recipe, variant: str, size: str, spec, seed: int = 0,
@@ -82,22 +76,6 @@ def image_vs_single(rank: int, world_size: int, recipe, variant: str, size: str,
     out = _uint8(call())
     return {"psnr_db": float(psnr(ref, out)), "max_pixel_diff": int(np.abs(ref.astype(int) - out).max()),
             "applied": stack.to_dict(), "world_size": world_size, "images": (ref, out)}
-
-
-def ladder_rung(rank: int, world_size: int, name: str, opts, spec, embeds: dict) -> Any:
-    """fluxperf.measure.ladder_run's rung measurement in this rank (rank 0 prints progress and returns the
-    RungResult; the other ranks' traces, if asked, get a `.rank<r>` tag)."""
-    from fluxperf.measure import ladder_run
-
-    device = rank_device(rank)
-    changes: dict[str, Any] = {"device": device}
-    if rank and opts.trace_file:
-        from fluxperf.measure.trace import tagged
-
-        changes["trace_file"] = str(tagged(opts.trace_file, f"rank{rank}"))
-    opts = dataclasses.replace(opts, **changes)
-    progress = print if rank == 0 else (lambda _msg: None)
-    return ladder_run._run_rung_here(name, opts, spec, {k: v.to(device) for k, v in embeds.items()}, progress)
 
 
 def _uint8(image):
