@@ -123,3 +123,14 @@ def test_actionlint(tmp_path):
     done = subprocess.run([exe, "-config-file", str(config), *sorted(map(str, WORKFLOWS.glob("*.yml")))],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_test_module_basenames_are_unique():
+    """Test folders have no __init__.py, so pytest imports each test file under its basename: two files of one name
+    (tests/test_parallel.py and perf/test_parallel.py did) stop the whole run at collection ("import file mismatch")."""
+    from collections import Counter
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    names = Counter(p.name for folder in ("tests", "perf") for p in (root / folder).rglob("test_*.py"))
+    assert [n for n, count in names.items() if count > 1] == []
