@@ -108,19 +108,27 @@ def launch(fn: Callable[..., Any], *args: Any, nprocs: int, backend: str = "nccl
         return pickle.loads(result.read_bytes())
 
 
-def _worker(rank: int, fn, args, world_size: int, port: int, backend: str, timeout_s: float, result: str) -> None:
-    os.environ.update(worker_env(rank, world_size, port))  # before NCCL reads them (at init_process_group)
+def _join_group(rank: int, world_size: int, port: int, backend: str, timeout_s: float) -> None:
+    """This process joins the group as `rank`: the environment first (NCCL reads it at init_process_group), then
+    under NCCL the rank's own GPU (cuda:<rank>) as its device."""
     from datetime import timedelta
 
     import torch
     import torch.distributed as dist
 
+    os.environ.update(worker_env(rank, world_size, port))
     device = None
     if backend == "nccl":
         torch.cuda.set_device(rank)
         device = torch.device("cuda", rank)
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s),
                             device_id=device)
+
+
+def _worker(rank: int, fn, args, world_size: int, port: int, backend: str, timeout_s: float, result: str) -> None:
+    import torch.distributed as dist
+
+    _join_group(rank, world_size, port, backend, timeout_s)
     try:
         out = fn(rank, world_size, *args)
         if rank == 0:
@@ -210,9 +218,7 @@ def drive(setup: Callable[..., Any], *args: Any, nprocs: int, backend: str = "nc
     Raises:
         LaunchError, UnavailableError: see check_launch; LaunchError when a worker failed (also on exit).
     """
-    from datetime import timedelta
 
-    import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
@@ -233,13 +239,7 @@ def drive(setup: Callable[..., Any], *args: Any, nprocs: int, backend: str = "nc
     try:
         for proc in procs:
             proc.start()
-        os.environ.update(worker_env(0, nprocs, port))
-        device = None
-        if backend == "nccl":
-            torch.cuda.set_device(0)
-            device = torch.device("cuda", 0)
-        dist.init_process_group(backend, rank=0, world_size=nprocs, timeout=timedelta(seconds=timeout_s),
-                                device_id=device)
+        _join_group(0, nprocs, port, backend, timeout_s)
         yield driver
     except BaseException as exc:
         failed = exc
@@ -270,19 +270,11 @@ def drive(setup: Callable[..., Any], *args: Any, nprocs: int, backend: str = "nc
 def _mirror_worker(rank: int, setup, args, world_size: int, port: int, backend: str, timeout_s: float, commands,
                    replies) -> None:
     import traceback
-    from datetime import timedelta
 
-    os.environ.update(worker_env(rank, world_size, port))
     try:
-        import torch
         import torch.distributed as dist
 
-        device = None
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
-            device = torch.device("cuda", rank)
-        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s),
-                                device_id=device)
+        _join_group(rank, world_size, port, backend, timeout_s)
         try:
             with setup(rank, world_size, *args) as entered:
                 table = getattr(entered, "commands", entered)  # a dict, or an object carrying one
