@@ -18,12 +18,11 @@ LaunchError naming the rank and the worker's traceback (torch.multiprocessing te
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +107,7 @@ def launch(fn: Callable[..., Any], *args: Any, nprocs: int, backend: str = "nccl
         return pickle.loads(result.read_bytes())
 
 
-def _join_group(rank: int, world_size: int, port: int, backend: str, timeout_s: float) -> None:
+def join_group(rank: int, world_size: int, port: int, backend: str, timeout_s: float) -> None:
     """This process joins the group as `rank`: the environment first (NCCL reads it at init_process_group), then
     under NCCL the rank's own GPU (cuda:<rank>) as its device."""
     from datetime import timedelta
@@ -128,7 +127,7 @@ def _join_group(rank: int, world_size: int, port: int, backend: str, timeout_s: 
 def _worker(rank: int, fn, args, world_size: int, port: int, backend: str, timeout_s: float, result: str) -> None:
     import torch.distributed as dist
 
-    _join_group(rank, world_size, port, backend, timeout_s)
+    join_group(rank, world_size, port, backend, timeout_s)
     try:
         out = fn(rank, world_size, *args)
         if rank == 0:
@@ -149,144 +148,6 @@ def scaling_efficiency(single_ms: float, parallel_ms: float, world_size: int) ->
         raise ValueError(f"scaling_efficiency({single_ms!r}, {parallel_ms!r}, {world_size!r}): times must be > 0 ms "
                          "and the world size >= 2. Fix: pass the medians of the two measurements.")
     return single_ms / (world_size * parallel_ms)
-
-
-# -- driver / mirror: rank 0 in this process, the other ranks repeat its calls ------------------------------
-# A benchmark harness times a function in the pytest process, so that process must be rank 0 and the other ranks
-# must make the same calls (their collectives pair with rank 0's). `drive` starts ranks 1..N-1 as worker
-# processes; each enters `setup(rank, world_size, *args)`, a context manager yielding {command name: callable} (or an
-# object with that dict as `.commands`),
-# and then runs the commands rank 0 sends through its queue, in order, until "stop". Rank 0 enters the same setup
-# itself and sends a command right before making the same call (Driver.call), so every rank runs the same calls
-# in the same order. Commands carry no data (the ranks build identical seeded inputs), so sending one costs a
-# queue put (~0.1 ms of host time, before rank 0's own call; the ranks meet at the first collective).
-STOP = "stop"
-
-
-class Driver:
-    """Rank 0's handle on the mirroring workers (see `drive`).
-
-    Attributes:
-        world_size: processes in the group (this one included).
-        backend: "nccl" or "gloo".
-        calls: commands sent so far, by name.
-    """
-
-    def __init__(self, world_size: int, backend: str, commands: list, replies, procs: list):
-        self.world_size, self.backend = world_size, backend
-        self._commands, self._replies, self._procs = commands, replies, procs
-        self.calls: dict[str, int] = {}
-
-    def call(self, name: str) -> None:
-        """Tell every worker to run its command `name` (non-blocking); call right before making the same call.
-
-        Raises:
-            LaunchError: a worker has failed (its rank and traceback), or exited.
-        """
-        self.check()
-        for queue in self._commands:
-            queue.put(name)
-        self.calls[name] = self.calls.get(name, 0) + 1
-
-    def check(self, alive: bool = True) -> None:
-        """Raise LaunchError if a worker reported an error or (alive=True) is no longer running."""
-        while not self._replies.empty():
-            rank, text = self._replies.get()
-            raise LaunchError(f"mirror rank {rank} of {self.world_size} ({self.backend}) failed:\n{text}")
-        for rank, proc in enumerate(self._procs if alive else [], start=1):
-            if not proc.is_alive():
-                raise LaunchError(f"mirror rank {rank} of {self.world_size} ({self.backend}) exited with code "
-                                  f"{proc.exitcode} before rank 0 stopped it")
-
-
-@contextlib.contextmanager
-def drive(setup: Callable[..., Any], *args: Any, nprocs: int, backend: str = "nccl",
-          timeout_s: float = 1800, stop_timeout_s: float = 120) -> Iterator[Driver]:
-    """Make this process rank 0 of `nprocs` and start ranks 1..nprocs-1 mirroring its calls; yield a Driver.
-
-    This process gets the rendezvous and multicast-off variables (restored on exit), sets cuda:0 (nccl) and
-    joins the process group; the caller then enters `setup(0, nprocs, *args)` itself and, before each call it
-    makes, sends the same command with `driver.call(name)`. On exit every worker is sent "stop" (leaves its setup,
-    destroys its process group) and joined; this process destroys its group.
-
-    Args:
-        setup: a picklable (module-level) context-manager function `setup(rank, world_size, *args)` yielding
-            {command name: zero-argument callable}; a worker runs it in its own process.
-        args: picklable arguments (keep tensors on the CPU).
-        nprocs, backend, timeout_s: as `launch` (timeout_s also bounds the rendezvous).
-        stop_timeout_s: how long a worker may take to stop before it is terminated.
-    Raises:
-        LaunchError, UnavailableError: see check_launch; LaunchError when a worker failed (also on exit).
-    """
-
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    check_launch(nprocs, backend)
-    if dist.is_initialized():
-        raise LaunchError("drive(): this process is already in a process group. Fix: destroy it first "
-                          "(torch.distributed.destroy_process_group()).")
-    port = free_port()
-    ctx = mp.get_context("spawn")
-    commands = [ctx.SimpleQueue() for _ in range(nprocs - 1)]
-    replies = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_mirror_worker, daemon=True, name=f"fluxperf-mirror-{rank}",
-                         args=(rank, setup, args, nprocs, port, backend, timeout_s, commands[rank - 1], replies))
-             for rank in range(1, nprocs)]
-    saved = {k: os.environ.get(k) for k in worker_env(0, nprocs, port)}
-    driver = Driver(nprocs, backend, commands, replies, procs)
-    failed: BaseException | None = None
-    try:
-        for proc in procs:
-            proc.start()
-        _join_group(0, nprocs, port, backend, timeout_s)
-        yield driver
-    except BaseException as exc:
-        failed = exc
-        raise
-    finally:
-        for queue, proc in zip(commands, procs):
-            if proc.is_alive():
-                queue.put(STOP)
-        for proc in procs:
-            proc.join(stop_timeout_s if failed is None else 5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if failed is None:
-            driver.check(alive=False)  # a worker that failed after rank 0's last call (or while stopping)
-            codes = {rank: p.exitcode for rank, p in enumerate(procs, start=1) if p.exitcode != 0}
-            if codes:
-                raise LaunchError(f"mirror ranks exited with codes {codes} (rank: code) after 'stop'")
-
-
-def _mirror_worker(rank: int, setup, args, world_size: int, port: int, backend: str, timeout_s: float, commands,
-                   replies) -> None:
-    import traceback
-
-    try:
-        import torch.distributed as dist
-
-        _join_group(rank, world_size, port, backend, timeout_s)
-        try:
-            with setup(rank, world_size, *args) as entered:
-                table = getattr(entered, "commands", entered)  # a dict, or an object carrying one
-                while (name := commands.get()) != STOP:
-                    if name not in table:
-                        raise LaunchError(f"command {name!r} is not one of {sorted(table)} (the setup's table)")
-                    table[name]()
-        finally:
-            dist.destroy_process_group()
-    except BaseException:  # noqa: BLE001 - reported to rank 0 (Driver.check), then the process exits non-zero
-        replies.put((rank, traceback.format_exc()))
-        raise SystemExit(1) from None
 
 
 def rank_device(rank: int) -> str:

@@ -1,11 +1,14 @@
 """Context parallelism on 2 GPUs (issue 16; perf group `parallel`): the parallel rungs' transformer step, full-size
 FLUX.1-schnell at 1024x1024, batch 1, and the single-GPU steps they scale from, measured in the same run.
 
-The harness (fluxperf.bench.harness.Bench) times a function in this process, so this process is rank 0:
-fluxperf.parallel_launch.drive starts rank 1 in a worker process, both enter fluxperf.measure.parallel_bench
-.step_mirror (build, apply, seeded inputs), and every call rank 0 makes (warm-up, timed rounds, kernel counting,
-re-measurement) is preceded by a "step" command that makes rank 1 call too; a warm recompile sends "reset" first.
-Rank 0's CUDA events time the step including its waits for rank 1 at the collectives.
+The harness (fluxperf.bench.harness.Bench) times a function in this process, so this process is rank 0: the
+module's `mirrors` fixture (fluxperf.parallel_mirror.mirror_group) starts rank 1 in a worker process once and keeps
+one process group for every parallel rung (a second NCCL group in one process crashed on the H200s); for each rung
+both ranks enter fluxperf.measure.parallel_bench.step_mirror (build, apply, seeded inputs), and every call rank 0
+makes (warm-up, timed rounds, kernel counting, re-measurement) is preceded by a "step" command that makes rank 1
+call too; a warm recompile sends "reset" first. A rung that fails breaks the group: the later parallel rungs fail
+naming that failure instead of hanging at a collective. Rank 0's CUDA events time the step including its waits
+for rank 1 at the collectives.
 
 Each parallel benchmark stores `world_size`, `scaling_efficiency` = single-GPU step / (N x parallel step)
 (fluxperf.parallel_launch.scaling_efficiency) against the single-GPU step of its base stack measured earlier in
@@ -34,8 +37,7 @@ SINGLE_RUNGS = tuple(dict.fromkeys(SINGLE_OF.values()))
 _single_ms: dict[str, float] = {}  # single-GPU rung -> median ms measured in this session
 
 
-@pytest.fixture(autouse=True)
-def two_gpus_with_their_baseline():
+def _need_two_gpus_and_their_baseline() -> None:
     """Skip below 2 GPUs; fail when the session's baseline is not the 2-GPU one (FLUXPERF_GPU_COUNT)."""
     import torch
 
@@ -49,6 +51,22 @@ def two_gpus_with_their_baseline():
         pytest.fail(f"{GPU_COUNT_ENV}={gpu_count()}: the parallel group's records belong in the {WORLD_SIZE}-GPU "
                     f"baseline. Fix: scripts/tiers/perf-tier.sh parallel --gpus {WORLD_SIZE} (or set "
                     f"{GPU_COUNT_ENV}={WORLD_SIZE}).", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def two_gpus_with_their_baseline():
+    _need_two_gpus_and_their_baseline()
+
+
+@pytest.fixture(scope="module")
+def mirrors():
+    """One process group (this process rank 0, a mirroring worker per other GPU) for every parallel benchmark of
+    the module: a second NCCL group in one process crashed on the H200s (fluxperf.parallel_mirror)."""
+    from fluxperf.parallel_mirror import mirror_group
+
+    _need_two_gpus_and_their_baseline()
+    with mirror_group(WORLD_SIZE, timeout_s=MIRROR_TIMEOUT_S) as group:
+        yield group
 
 
 def _params(names):
@@ -68,8 +86,8 @@ def test_single_gpu_step(perf, rung_name):
 @pytest.mark.gpu
 @pytest.mark.perf
 @pytest.mark.parametrize("rung_name", _params(PARALLEL_RUNGS))
-def test_parallel_step(request, benchmark, rung_name):
-    extra = parallel_step(request, benchmark, rung_name)
+def test_parallel_step(request, benchmark, mirrors, rung_name):
+    extra = parallel_step(request, benchmark, mirrors, rung_name)
     assert extra["rounds"] >= 10 and extra["world_size"] == WORLD_SIZE
     assert extra["applied"]["steps"]["parallel"]["dist_backend"] == "nccl"
     assert 0 < extra["metrics"]["mfu"] < 1.5, "MFU per GPU against the measured bf16 GEMM peak (fp8 may exceed 1)"
@@ -77,15 +95,15 @@ def test_parallel_step(request, benchmark, rung_name):
         assert 0 < extra["scaling_efficiency"] < 1.5, extra["scaling_efficiency"]
 
 
-def parallel_step(request, benchmark, rung_name: str) -> dict:
-    """Drive rank 1, enter the step setup as rank 0, measure with Bench; returns the benchmark's extra_info."""
+def parallel_step(request, benchmark, mirrors, rung_name: str) -> dict:
+    """Have the workers of `mirrors` (fluxperf.parallel_mirror.MirrorGroup) enter the step setup, enter it as rank 0,
+    measure with Bench; returns the benchmark's extra_info."""
     import torch
 
     from fluxperf.bench.flops import step_flops
     from fluxperf.bench.harness import Bench, timed_call
     from fluxperf.measure.parallel_bench import step_mirror
     from fluxperf.measure.runner import free_gpu
-    from fluxperf.parallel_launch import drive
 
     recipe = recipe_from(rung_name)
     _, missing = recipe_marks(recipe, check=True)  # as perf/conftest.py's require_rung
@@ -93,7 +111,7 @@ def parallel_step(request, benchmark, rung_name: str) -> dict:
         pytest.skip(missing)
     assert recipe.parallel.world_size == WORLD_SIZE, rung_name
     try:
-        with drive(step_mirror, rung_name, SPEC, nprocs=WORLD_SIZE, timeout_s=MIRROR_TIMEOUT_S) as driver, \
+        with mirrors.mirror(step_mirror, rung_name, SPEC) as driver, \
                 step_mirror(0, WORLD_SIZE, rung_name, SPEC) as mine:
             own = mine.commands
 

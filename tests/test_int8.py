@@ -17,7 +17,14 @@ from fluxperf.ladder import recipe_from, rung
 from fluxperf.recipe import QuantizeConfig
 from fluxperf.requirements import missing, requirements
 from fluxperf.steps.caching.stats import disable_active_cache, last_call_cache_stats
-from fluxperf.steps.quantize import int8_linear_count, int8_shape_reason, linear_names, quantize_transformer
+from fluxperf.steps.quantize import (
+    int8_linear_count,
+    int8_rows_reason,
+    int8_shape_reason,
+    linear_names,
+    per_sample_linears,
+    quantize_transformer,
+)
 
 pytestmark = pytest.mark.torchao
 pytest.importorskip("torchao", reason="needs torchao: pip install 'fluxperf[torchao]'")
@@ -70,6 +77,23 @@ def test_cuda_shape_rule():
     """On CUDA torchao's int8 matmul falls back to a host copy for dims that are not multiples of 8: refused."""
     assert "multiples of 8" in int8_shape_reason(24, 36, "cuda")
     assert int8_shape_reason(3072, 12288, "cuda") is None and int8_shape_reason(24, 36, "cpu") is None
+
+
+@pytest.mark.parametrize("variant", ["schnell", "dev"])
+def test_per_sample_linears_are_the_modulations_and_embedders(tiny_pipe_factory, variant):
+    """torch._int_mm needs > 16 activation rows on CUDA; these Linears get one row per sample (compile_int8 failed on
+    the H200 with "self.size(0) needs to be greater than 16, but got 1"). The set is the FLUX.1 structure: every
+    block's AdaLN modulation, norm_out's, and the timestep / guidance (dev) / pooled-text embedders."""
+    transformer = tiny_pipe_factory(variant, text_encoders=False).transformer
+    doubles, singles = len(transformer.transformer_blocks), len(transformer.single_transformer_blocks)
+    want = ({f"transformer_blocks.{i}.{n}.linear" for i in range(doubles) for n in ("norm1", "norm1_context")}
+            | {f"single_transformer_blocks.{i}.norm.linear" for i in range(singles)} | {"norm_out.linear"}
+            | {f"time_text_embed.{e}.linear_{k}" for k in (1, 2)
+               for e in ("timestep_embedder", "text_embedder", *(["guidance_embedder"] if variant == "dev" else []))})
+    assert per_sample_linears(transformer) == want
+    assert want < set(linear_names(transformer))
+    assert "one activation row per sample" in int8_rows_reason(True, "cuda")
+    assert int8_rows_reason(True, "cpu") is None and int8_rows_reason(False, "cuda") is None
 
 
 def test_int8_needs_torchao_only_and_runs_on_cpu(hide_optional):

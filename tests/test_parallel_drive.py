@@ -1,5 +1,6 @@
-"""The driver/mirror protocol of the `parallel` perf group (fluxperf.parallel_launch.drive) on CPU: this process is
-rank 0 and one spawned worker mirrors its calls over gloo, with the tiny model and diffusers' Ulysses."""
+"""The driver/mirror protocol of the `parallel` perf group (fluxperf.parallel_mirror) on CPU: this process is rank 0
+and one spawned worker mirrors its calls over gloo, with the tiny model and diffusers' Ulysses, one group serving
+setups one after another, a failed setup breaking the group, and the shutdown order."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import contextlib
 
 import pytest
 
-from fluxperf.parallel_launch import LaunchError, drive
+from fluxperf.parallel_launch import LaunchError
+from fluxperf.parallel_mirror import MirrorGroup, drive, mirror_group
 
 RECIPE = {"base": "cp2_ulysses_eager", "dtype": "float32"}
 
@@ -19,6 +21,25 @@ def _failing_setup(rank, world_size):
         raise RuntimeError(f"boom in rank {rank}")
 
     yield {"ok": lambda: None, "boom": boom}
+
+
+@contextlib.contextmanager
+def _sum_setup(rank, world_size, offset):
+    """'sum' all-reduces rank + offset over the group; rank 0 reads the results from the yielded object."""
+    import torch
+    import torch.distributed as dist
+
+    class Entered:
+        results: list = []
+
+        def _sum():
+            value = torch.tensor([float(rank + offset)])
+            dist.all_reduce(value)
+            Entered.results.append(value.item())
+
+        commands = {"sum": _sum}
+
+    yield Entered
 
 
 @pytest.mark.slow
@@ -68,3 +89,74 @@ def test_drive_refuses_bad_launches_before_starting_anything():
     with pytest.raises(LaunchError, match="2 to 8"):
         with drive(_failing_setup, nprocs=1, backend="gloo"):
             pass
+
+
+def test_one_group_serves_setups_one_after_another():
+    """The perf group's rungs share one process group (a second NCCL group in one process crashed on the H200s):
+    each mirror enters a new setup with its own arguments in the same worker, whose collectives pair with ours."""
+    import torch.distributed as dist
+
+    with mirror_group(2, backend="gloo", timeout_s=60) as group:
+        pids = group.worker_pids
+        for offset in (0, 10):
+            with group.mirror(_sum_setup, offset) as driver, _sum_setup(0, 2, offset) as mine:
+                mine.results.clear()
+                for _ in range(2):
+                    driver.call("sum")
+                    mine.commands["sum"]()
+            assert mine.results == [1.0 + 2 * offset] * 2  # (0 + offset) + (1 + offset): the worker has the new args
+            assert dist.is_initialized()  # still the same group between setups
+        assert group.setups == 2 and group.worker_pids == pids and group.broken is None
+    assert not dist.is_initialized()
+
+
+def test_a_failed_setup_breaks_the_group_and_later_setups_are_refused_naming_it():
+    """Rank 0 failing inside a setup may leave a worker at a collective: the next setup is refused with the first
+    failure named (not run into a hang), and leaving the group terminates the worker instead of waiting for it."""
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(LaunchError, match=r"broken by an earlier failure \(RuntimeError: rank 0 fails here\)"):
+        with mirror_group(2, backend="gloo", timeout_s=60, stop_timeout_s=60) as group:
+            with pytest.raises(RuntimeError):
+                with group.mirror(_failing_setup):
+                    raise RuntimeError("rank 0 fails here")
+            assert group.broken.startswith("RuntimeError: rank 0 fails here")
+            with group.mirror(_failing_setup):
+                pytest.fail("a broken group ran a setup")
+    assert time.monotonic() - started < 30  # terminated, not joined for stop_timeout_s
+
+
+def test_a_healthy_group_destroys_its_own_process_group_before_joining_the_workers(monkeypatch):
+    """NCCL's communicator teardown waits for every rank of the node: rank 0 joining the workers before destroying
+    its own group deadlocked on the H200s until they were terminated (exit -15). The order is the fix."""
+    import torch.distributed as dist
+
+    from fluxperf import parallel_mirror
+
+    events = []
+
+    class Proc:
+        pid, exitcode = 1, 0
+
+        def is_alive(self):
+            return True
+
+        def join(self, timeout=None):
+            events.append("join")
+
+        def terminate(self):
+            events.append("terminate")
+
+    class Queue:
+        def put(self, item):
+            events.append(f"put {item}")
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: events.append("destroy"))
+    group = MirrorGroup(2, "gloo", [Queue()], None, [Proc()])
+    parallel_mirror._close(group, [Proc()], [Queue()], broken=False, stop_timeout_s=1)
+    assert events[:3] == ["put stop", "destroy", "join"]
+    events.clear()
+    parallel_mirror._close(group, [Proc()], [Queue()], broken=True, stop_timeout_s=1)
+    assert events[:2] == ["terminate", "destroy"]  # a broken group's workers cannot take part in a teardown

@@ -9,8 +9,13 @@ Counts and reports conversions: torchao silently skips Linear layers whose dims 
 
 int8 (torchao 0.18, torchao/kernel/intmm.py): runs on CPU (`_int_scaled_matmul_cpu`) and CUDA (torch._int_mm via
 `safe_int_mm`). On CUDA a layer whose in/out features are not multiples of 8 silently takes the fallback that copies
-both operands to the CPU at every call; `int8_shape_reason` leaves such layers unconverted (reported). No GPU
-capability floor beyond what torch._int_mm needs; the probe below runs one forward per shape on the model's device.
+both operands to the CPU at every call; `int8_shape_reason` leaves such layers unconverted (reported). torch._int_mm
+also needs more than 16 activation rows: the Linears fed one row per sample (the AdaLN modulation and the
+timestep/guidance/pooled-text embedders; `per_sample_linears`) get batch-size rows, where torchao's eager path
+catches the error and silently runs an fp32 matmul instead, and the compiled path fails ("self.size(0) needs to be
+greater than 16, but got 1": compile_int8 on the H200, 2026-11-30, perf/results/h200-session4/). On CUDA those stay
+unconverted (`int8_rows_reason`, reported). No GPU capability floor beyond what torch._int_mm needs; the probe below
+runs one forward per shape on the model's device.
 
 Only layers whose forward runs are converted (a `filter_fn` for quantize_); the others stay in the model's
 dtype and are reported in `skipped_reasons`. For float8:
@@ -111,6 +116,42 @@ def int8_shape_reason(in_features: int, out_features: int, device_type: str) -> 
     return None
 
 
+# diffusers modules whose Linears take one row per sample (conditioning vectors), not one per token
+PER_SAMPLE_PARENTS = ("AdaLayerNormZero", "AdaLayerNormZeroSingle", "AdaLayerNormContinuous", "TimestepEmbedding",
+                      "PixArtAlphaTextProjection")
+INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA: self.size(0) needs to be greater than 16
+
+
+def per_sample_linears(module) -> set[str]:
+    """Names of the Linear layers of `module` inside a PER_SAMPLE_PARENTS module: their activation has one row per
+    sample (FLUX.1: the AdaLN modulations of every block and norm_out, the timestep/guidance/pooled-text embedders;
+    81 of 504 on schnell), so `batch` rows where the other Linears have batch x tokens."""
+    import torch
+
+    names: set[str] = set()
+    for parent_name, parent in module.named_modules():
+        if type(parent).__name__ in PER_SAMPLE_PARENTS:
+            for name, child in parent.named_modules():
+                if isinstance(child, torch.nn.Linear):
+                    names.add(f"{parent_name}.{name}" if parent_name else name)
+    return names
+
+
+def int8_rows_reason(per_sample: bool, device_type: str) -> str | None:
+    """Why an int8 Linear fed one row per sample should not be converted on `device_type` (None: it should).
+
+    Example:
+        >>> int8_rows_reason(True, "cuda")[:30]
+        'one activation row per sample'
+        >>> int8_rows_reason(True, "cpu") is None and int8_rows_reason(False, "cuda") is None
+        True
+    """
+    if device_type == "cuda" and per_sample:
+        return (f"one activation row per sample (a conditioning Linear): torch._int_mm needs at least "
+                f"{INT_MM_MIN_ROWS} rows; torchao runs an fp32 matmul instead in eager and fails under torch.compile")
+    return None
+
+
 def int8_config(granularity: str):
     """torchao's Int8DynamicActivationInt8WeightConfig for "tensor" (PerTensor) or "row" (PerRow: per-token
     activations, per-output-channel weights; torchao's default) scaling."""
@@ -171,8 +212,9 @@ def quantize_transformer(module, cfg: QuantizeConfig) -> dict:
 
 
 def quantize_int8(module, cfg: QuantizeConfig) -> dict:
-    """Quantize every Linear of `module` whose int8 forward runs (and, on CUDA, runs on the GPU), in place, with
-    Int8DynamicActivationInt8WeightConfig; the others keep their dtype and are reported.
+    """Quantize every Linear of `module` whose int8 forward runs (and, on CUDA, runs on the GPU: dims multiples of
+    8, more than 16 activation rows), in place, with Int8DynamicActivationInt8WeightConfig; the others keep their
+    dtype and are reported.
 
     Args:
         module: the transformer (any device; bf16, fp16 or fp32 weights).
@@ -187,9 +229,14 @@ def quantize_int8(module, cfg: QuantizeConfig) -> dict:
     from torchao.quantization import Int8Tensor, quantize_
 
     device_type = next(module.parameters()).device.type
-    names, reasons = linear_names(module), {}
-    quantize_(module, int8_config(cfg.granularity), filter_fn=_runnable_filter(
-        "int8", cfg.granularity, reasons, lambda m: int8_shape_reason(m.in_features, m.out_features, device_type)))
+    names, reasons, per_sample = linear_names(module), {}, per_sample_linears(module)
+    fqn_of = {id(m): name for name, m in module.named_modules()}
+
+    def rule(linear) -> str | None:
+        return (int8_rows_reason(fqn_of.get(id(linear)) in per_sample, device_type)
+                or int8_shape_reason(linear.in_features, linear.out_features, device_type))
+
+    quantize_(module, int8_config(cfg.granularity), filter_fn=_runnable_filter("int8", cfg.granularity, reasons, rule))
     converted = _names_with_weight(module, Int8Tensor)
     return _report(torchao, cfg, names, converted, reasons)
 

@@ -115,6 +115,8 @@ def test_engagement_int8(measured):
     if _recipe(measured["rung"]).quantize.kind != "int8":
         pytest.skip("int8 guard applies to int8 rungs")
     report = measured["applied"]["steps"]["quantize"]
-    # every FLUX.1 Linear has in/out features that are multiples of 8: none may stay unconverted
-    assert report["int8_count"] == report["linear_count"] > 0 and report["skipped"] == [], report["skipped_reasons"]
+    # every FLUX.1 Linear has in/out features that are multiples of 8; only the one-row-per-sample ones (AdaLN
+    # modulations, embedders: 81 on schnell) stay bf16, as torch._int_mm needs > 16 rows
+    assert report["int8_count"] == report["linear_count"] - 81 > 0, report["skipped_reasons"]
+    assert all("one activation row per sample" in why for why in report["skipped_reasons"].values())
     assert measured["float8_count"] == 0

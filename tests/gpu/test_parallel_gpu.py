@@ -2,10 +2,14 @@
 same model unsplit on one GPU (same weights, same inputs), one process per GPU through fluxperf.parallel_launch
 (NCCL, NVLink multicast off). Skips with the reason on fewer than 2 GPUs.
 
-Tolerances are PROVISIONAL until the first 2-H200 run: Ulysses computes every head's attention whole on one rank
-(only the head split differs), so bf16 outputs should agree to bf16 rounding; ring merges two partial attentions by
-their log-sum-exp in float32 (diffusers' convert_to_fp32), a reordering of the softmax sum. The measured values are
-written to $OUT/parallel-numerics.json; set the thresholds from them.
+Tolerances: measured on 2 H200s (2026-11-30, torch 2.11.0+cu130; perf/results/h200-session4/parallel-numerics.json,
+call3-parallel-numerics.log) with the margins fluxperf.measure.thresholds uses (relative errors x1.5, PSNR -3 dB).
+The reference is the bf16 model before apply(), so a rung's error includes its single-GPU stack's: cp2_ulysses and
+cp2_ring (regional compile) measured 0.0161 / 0.0162, as the single-GPU compile rung (0.0161); cp2_ulysses_eager
+0.0138 (Ulysses computes every head whole on one rank; the all-to-alls reorder nothing but bf16 rounding);
+cp2_ulysses_float8 0.1416, as the single-GPU float8 rung (0.1495): torchao's dynamic tensor-wise scales are taken per
+rank over its half of the sequence, so the quantization itself differs from one GPU's, within float8's own error.
+Images (4 steps): 46.47 dB for both. Measured values are written to $OUT/parallel-numerics.json.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from fluxperf.ladder import PARALLEL_RUNGS
 pytestmark = [pytest.mark.gpu, pytest.mark.numerics, pytest.mark.slow, pytest.mark.all_gpus]
 
 SPEC_ARGS = ("schnell", 1024, 1024, 1)
-REL_ERR_MAX = {"cp2_ulysses": 0.02, "cp2_ulysses_eager": 0.02, "cp2_ring": 0.02, "cp2_ulysses_float8": 0.05}
-PSNR_MIN_DB = {"cp2_ulysses": 30.0, "cp2_ulysses_eager": 30.0, "cp2_ring": 30.0, "cp2_ulysses_float8": 25.0}
+# measured (H200 x2) x 1.5: 0.01609, 0.01383, 0.01616, 0.14164
+REL_ERR_MAX = {"cp2_ulysses": 0.024, "cp2_ulysses_eager": 0.021, "cp2_ring": 0.024, "cp2_ulysses_float8": 0.212}
+# measured (H200 x2) - 3 dB: 46.472, 46.475
+PSNR_MIN_DB = {"cp2_ulysses": 43.4, "cp2_ring": 43.4}
 
 
 def _need_gpus(n: int) -> None:
