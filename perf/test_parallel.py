@@ -29,6 +29,8 @@ from fluxperf.model.shapes import ShapeSpec
 
 SPEC = ShapeSpec("schnell", 1024, 1024)  # perf/conftest.py's SPEC and STEP_ROUNDS
 STEP_ROUNDS = 20
+DEV, DEV_STEPS, IMAGE_ROUNDS = ShapeSpec("dev", 1024, 1024), 28, 8  # perf/test_variants.py's dev image
+IMAGE_RUNGS = ("cp2_ulysses",)  # the dev 28-step image on 2 GPUs, against the single-GPU compile image
 WORLD_SIZE = 2
 MIRROR_TIMEOUT_S = 900  # a rank waiting longer at a collective (its peer failed or hangs) raises, never hangs
 # single-GPU rung a parallel rung scales from (its stack without the parallel stage), where this group measures it
@@ -139,17 +141,85 @@ def parallel_step(request, benchmark, mirrors, rung_name: str) -> dict:
     return extra
 
 
-def _scaling(rung_name: str, parallel_ms: float) -> dict:
-    """scaling_efficiency against the session's single-GPU step of the rung's base, or None with the reason."""
+def _image_params(names):
+    return [pytest.param(n, id=n, marks=[pytest.mark.perf_group("parallel"), pytest.mark.slow,
+                                         *recipe_marks(n)[0]]) for n in names]
+
+
+@pytest.mark.gpu
+@pytest.mark.perf
+@pytest.mark.parametrize("rung_name", _image_params(tuple(dict.fromkeys(SINGLE_OF[n] for n in IMAGE_RUNGS))))
+def test_single_gpu_dev_image(perf, rung_name):
+    """The image scaling reference: FLUX.1-dev 1024², 28 steps, on GPU 0 alone (as perf/test_variants.py's)."""
+    extra = perf.image(rung_name, DEV, DEV_STEPS)
+    assert extra["rounds"] >= 7
+    _single_ms[f"image:{rung_name}"] = extra["median_ms"]
+
+
+@pytest.mark.gpu
+@pytest.mark.perf
+@pytest.mark.parametrize("rung_name", _image_params(IMAGE_RUNGS))
+def test_parallel_dev_image(request, benchmark, mirrors, rung_name):
+    """FLUX.1-dev 1024², 28 steps, on 2 GPUs (published anchor: 1.63 s for dev/28 on 4 H100s with Ulysses)."""
+    extra = parallel_image(request, benchmark, mirrors, rung_name)
+    assert extra["rounds"] >= 7 and extra["world_size"] == WORLD_SIZE
+    if extra["scaling_efficiency"] is not None:
+        assert 0 < extra["scaling_efficiency"] < 1.5, extra["scaling_efficiency"]
+
+
+def parallel_image(request, benchmark, mirrors, rung_name: str) -> dict:
+    """The dev image as parallel_step measures the step: both ranks in image_mirror, rank 0 timing with Bench."""
+    import torch
+
+    from fluxperf.bench.harness import Bench, timed_call
+    from fluxperf.measure.parallel_bench import image_mirror
+    from fluxperf.measure.runner import free_gpu
+
+    recipe = recipe_from(rung_name)
+    _, missing = recipe_marks(recipe, check=True)
+    if missing:
+        pytest.skip(missing)
+    try:
+        with mirrors.mirror(image_mirror, rung_name, DEV, DEV_STEPS) as driver, \
+                image_mirror(0, WORLD_SIZE, rung_name, DEV, DEV_STEPS) as mine:
+            own = mine.commands
+
+            def generate():
+                driver.call("image")
+                return own["image"]()
+
+            def warm_compile() -> float:
+                driver.call("reset")
+                torch._dynamo.reset()
+                return timed_call(generate)
+
+            first = timed_call(generate)
+            info = {"rung": rung_name, "spec": DEV.key(), "steps": DEV_STEPS, "applied": mine.run.stack.to_dict(),
+                    "apply_s": mine.run.setup_s, "slowdown_injected": mine.slowdown, "world_size": WORLD_SIZE}
+            extra = Bench(request, benchmark).run(
+                generate, rounds=IMAGE_ROUNDS, warmup_rounds=1, first_call_s=first, setup_s=mine.run.setup_s,
+                warm_compile=warm_compile if recipe.compile.enabled else None, info=info, dyn_before=mine.dyn_before,
+                count_kernels=False)
+            extra["mirrored_calls"] = dict(driver.calls)
+    finally:
+        free_gpu()
+    extra.update(_scaling(rung_name, extra["median_ms"], kind="image"))
+    return extra
+
+
+def _scaling(rung_name: str, parallel_ms: float, kind: str = "step") -> dict:
+    """scaling_efficiency against the session's single-GPU step (or dev image) of the rung's base, or None with
+    the reason."""
     from fluxperf.parallel_launch import scaling_efficiency
 
     single = SINGLE_OF.get(rung_name)
+    key, test = (single, "test_single_gpu_step") if kind == "step" else (f"image:{single}", "test_single_gpu_dev_image")
     if single is None:
         return {"scaling_efficiency": None, "scaling_reference": f"none: the group measures no single-GPU "
                 f"{rung(rung_name).name} stack without its parallel stage"}
-    if single not in _single_ms:
-        return {"scaling_efficiency": None, "scaling_reference": f"none: test_single_gpu_step[{single}] did not "
+    if key not in _single_ms:
+        return {"scaling_efficiency": None, "scaling_reference": f"none: {test}[{single}] did not "
                 "run before it in this session"}
-    return {"scaling_efficiency": scaling_efficiency(_single_ms[single], parallel_ms, WORLD_SIZE),
-            "scaling_reference": f"perf/test_parallel.py::test_single_gpu_step[{single}]",
-            "single_gpu_median_ms": _single_ms[single]}
+    return {"scaling_efficiency": scaling_efficiency(_single_ms[key], parallel_ms, WORLD_SIZE),
+            "scaling_reference": f"perf/test_parallel.py::{test}[{single}]",
+            "single_gpu_median_ms": _single_ms[key]}

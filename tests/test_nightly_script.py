@@ -22,6 +22,7 @@ SLOW_KERNELS = [{"name": "gemm_bf16", "count": 4, "cuda_time_us": 520.0},
 # The fake perf tier, with scripts/tiers/perf-tier.sh's interface (GROUP --compare [-- PYTEST_ARGS]) and outputs
 # ($OUT/perf-GROUP.tar.gz with every group's JSON): a regressed record, with a kernel table when asked.
 FAKE_PERF = f"""#!/usr/bin/env bash
+echo "perf-tier args: $*"
 group=$1; shift; [ "$1" = --compare ] || exit 2; shift
 for a in "$@"; do [ "$a" = --fluxperf-kernel-tables ] && kt=1; done
 work=$(mktemp -d); mkdir -p "$OUT"
@@ -36,7 +37,7 @@ def run(tmp_path, *args, index="http://127.0.0.1:9/nightly", env_extra=None):
     fake_perf = tmp_path / "perf-tier.sh"
     fake_perf.write_text(FAKE_PERF)
     fake_gpu = tmp_path / "gpu-tier.sh"
-    fake_gpu.write_text('echo "fake numerics tier, OUT=$OUT"; exit 0\n')
+    fake_gpu.write_text('echo "fake numerics tier, OUT=$OUT, args: $*"; exit 0\n')
     env = {**os.environ, "FLUXPERF_TORCH_INDEX": index, "NIGHTLY_GPU_TIER": str(fake_gpu),
            "NIGHTLY_PERF_TIER": str(fake_perf), "FLUXPERF_BASELINES": str(tmp_path / "baselines"),
            "FLUXPERF_HISTORY": str(tmp_path / "history.jsonl"), "OUT": str(tmp_path / "out"),
@@ -67,6 +68,9 @@ def test_allowed_offline_run_confirms_explains_plots_and_summarizes(tmp_path):
     out = tmp_path / "out"
     log = done.stdout + done.stderr
     assert done.returncode == 10, log  # confirmed by the re-run: the workflow fails
+    # --gpus all (the default) on a runner showing no GPU: both tiers run as one worker
+    assert "tiers sharded over 1 GPU(s) (this runner shows 0)" in log and "args: --gpus 1" in log
+    assert "perf-tier args: all --compare --gpus 1" in log
     summary = (out / "summary.md").read_text()
     assert "nightly install impossible" in summary and "torch under test" in summary
     assert "**confirmed**" in summary and "regressed again on re-run" in summary
@@ -82,9 +86,17 @@ def test_allowed_offline_run_confirms_explains_plots_and_summarizes(tmp_path):
 def test_a_nightly_where_nothing_ran_is_not_green(tmp_path):
     """Every test skipped (no CUDA): the real tiers exit 14 (the plugin's 'nothing measured'); the nightly fails."""
     nothing = tmp_path / "nothing-ran.sh"
-    nothing.write_text('echo "80 skipped: no CUDA"; exit 14\n')
-    done = run(tmp_path, "--skip-install", "--date", "2026-11-22",
+    nothing.write_text('echo "80 skipped: no CUDA (args: $*)"; exit 14\n')
+    done = run(tmp_path, "--skip-install", "--date", "2026-11-22", "--gpus", "2",
                env_extra={"NIGHTLY_GPU_TIER": str(nothing), "NIGHTLY_PERF_TIER": str(nothing)})
     assert done.returncode != 0, done.stdout + done.stderr
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| numerics | 14 | nothing measured |" in summary and "| perf | 14 | nothing measured |" in summary
+    assert "(args: --gpus 2)" in done.stdout and "(args: all --compare --gpus 2)" in done.stdout  # --gpus reaches both
+
+
+@pytest.mark.parametrize("value", ["0", "9", "two", ""])
+def test_a_bad_gpu_count_is_refused_before_anything_runs(tmp_path, value):
+    done = run(tmp_path, "--skip-install", "--gpus", value)
+    assert done.returncode == 64 and f"--gpus '{value}'" in done.stderr and "Fix: e.g. --gpus 2" in done.stderr
+    assert not (tmp_path / "out" / "nightly.log").exists()

@@ -43,31 +43,43 @@ def _sum_setup(rank, world_size, offset):
 
 
 @pytest.mark.slow
-def test_mirrored_steps_match_the_single_process_transformer():
-    """Rank 0 here drives rank 1 through 'step' commands; each parallel step (all-to-all with the worker) equals
-    the unsplit forward of the same model on the same inputs, and a later call still pairs up (no drift)."""
+def test_mirrored_steps_and_images_match_the_single_process_ones():
+    """Rank 0 here drives rank 1 through 'step' commands, then, in the same group, 'image' commands of a new setup:
+    each parallel step (all-to-all with the worker) equals the unsplit forward of the same model on the same inputs,
+    a later call still pairs up (no drift), and the 2-step image equals the single-process one."""
+    import numpy as np
     import torch
 
-    from fluxperf.measure.parallel_bench import step_mirror
+    from fluxperf.measure.parallel_bench import image_mirror, step_mirror
     from fluxperf.model.shapes import ShapeSpec
 
-    spec = ShapeSpec("schnell", 64, 64)
-    with step_mirror(0, 1, {"base": "bf16", "dtype": "float32"}, spec, size="tiny", dtype="float32", fresh_cache=False,
+    spec, single_recipe = ShapeSpec("schnell", 64, 64), {"base": "bf16", "dtype": "float32"}
+    with step_mirror(0, 1, single_recipe, spec, size="tiny", dtype="float32", fresh_cache=False,
                      device="cpu") as single:
         ref = single.commands["step"]().clone()  # one process, no parallel stage: the reference
-    with drive(step_mirror, RECIPE, spec, "tiny", nprocs=2, backend="gloo", timeout_s=60) as driver, \
-            step_mirror(0, 2, RECIPE, spec, size="tiny", fresh_cache=False) as mine:
-        outs = []
-        for _ in range(3):
-            driver.call("step")
-            outs.append(mine.commands["step"]())
-        report = mine.run.stack.to_dict()["steps"]["parallel"]
-    assert driver.calls == {"step": 3}
+    with image_mirror(0, 1, single_recipe, spec, 2, size="tiny", dtype="float32", fresh_cache=False,
+                      device="cpu") as single:
+        ref_image = single.commands["image"]()
+    with mirror_group(2, backend="gloo", timeout_s=60) as group:
+        with group.mirror(step_mirror, RECIPE, spec, "tiny") as driver, \
+                step_mirror(0, 2, RECIPE, spec, size="tiny", fresh_cache=False) as mine:
+            outs = []
+            for _ in range(3):
+                driver.call("step")
+                outs.append(mine.commands["step"]())
+            report = mine.run.stack.to_dict()["steps"]["parallel"]
+        assert driver.calls == {"step": 3}
+        with group.mirror(image_mirror, RECIPE, spec, 2, "tiny") as driver, \
+                image_mirror(0, 2, RECIPE, spec, 2, size="tiny", fresh_cache=False) as mine:
+            driver.call("image")
+            image = mine.commands["image"]()
     assert (report["world_size"], report["dist_backend"]) == (2, "gloo")
     for out in outs:
         assert out.shape == ref.shape
         assert ((out - ref).norm() / ref.norm()).item() < 1e-5
-    assert not torch.distributed.is_initialized()  # drive left this process as it found it
+    assert image.shape == ref_image.shape == (64, 64, 3)
+    np.testing.assert_allclose(image, ref_image, atol=1e-4)
+    assert not torch.distributed.is_initialized()  # the group left this process as it found it
 
 
 def test_a_worker_error_reaches_rank_0_with_its_traceback():

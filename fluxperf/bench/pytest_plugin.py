@@ -51,8 +51,9 @@ GROUPS = {
     "experiment_dev": "experiment-table FLUX.1-dev 28-step images, eager: teacache, fa2_fbcache_float8, fa2_fbcache_int8",
     "compile_faithful": "flux-fast's compile (whole model, max-autotune without CUDA graphs, fullgraph) on the flags "
                         "stack; compare with step[flags]",
-    "parallel": "context-parallel rungs' transformer step on 2 GPUs (one process per GPU, NCCL) and the single-GPU "
-                "compile/bf16 steps they scale from (needs perf-tier.sh --gpus 2: FLUXPERF_GPU_COUNT=2)",
+    "parallel": "context-parallel rungs' transformer step and cp2_ulysses's FLUX.1-dev 28-step image on 2 GPUs (one "
+                "process per GPU, NCCL) and the single-GPU compile/bf16 steps and image they scale from (needs "
+                "perf-tier.sh --gpus 2: FLUXPERF_GPU_COUNT=2)",
 }
 _KEY = pytest.StashKey["FluxperfState"]()
 _NEVER_HANDED_OVER = ("baseline_error", "not_measured", "no_baseline")

@@ -4,11 +4,14 @@
 # explain them per kernel, and write the markdown summary. Everything lands under one output directory.
 #
 # Usage: scripts/tiers/nightly.sh [--allow-installed] [--skip-install] [--index-url URL] [--torch-version V]
-#                           [--date YYYY-MM-DD] [--group GROUP] [--out DIR]
+#                           [--date YYYY-MM-DD] [--group GROUP] [--gpus N|all] [--out DIR]
 #   --allow-installed   when the nightly index cannot be reached, run against the torch already installed
 #                       (also NIGHTLY_ALLOW_INSTALLED=1); without it an unreachable index exits 2.
 #   --skip-install      do not try to install anything (local runs against the current environment).
 #   --install-project   after the nightly, `pip install -e '.[test,nvml]'` (a fresh environment: tox -e nightly).
+#   --gpus N|all        one worker per GPU in both tiers (gpu-tier.sh / perf-tier.sh --gpus N: the groups and test
+#                       modules sharded over N GPUs, the multi-GPU groups run on them afterwards); default all = the
+#                       GPUs this runner shows (1 without any), so the nightly's wall time falls with the GPU count.
 # Environment (all optional):
 #   OUT                      output directory (default runs/nightly/<date>); --out wins
 #   FLUXPERF_TORCH_INDEX     nightly wheel index (default https://download.pytorch.org/whl/nightly/cu130)
@@ -16,6 +19,7 @@
 #   FLUXPERF_HISTORY         the history file; keep it on persistent storage on a runner (default $OUT/history.jsonl)
 #   FLUXPERF_BASELINES       baselines root (default baselines)
 #   NIGHTLY_PERF_GROUP       perf-tier group (default all)
+#   NIGHTLY_GPUS             as --gpus (default all)
 #   NIGHTLY_GPU_TIER / NIGHTLY_PERF_TIER   the tier commands (default scripts/tiers/gpu-tier.sh / scripts/tiers/perf-tier.sh)
 #   NIGHTLY_BUNDLE=1         pack all outputs into $OUT/nightly.tar.gz (for the device tool: few files come back)
 # Exit status: 0 nothing to report (an unconfirmed single bad night included), 1 numerics tier failed (also when
@@ -31,6 +35,7 @@ INDEX=${FLUXPERF_TORCH_INDEX:-https://download.pytorch.org/whl/nightly/cu130}
 TORCH_VERSION=${NIGHTLY_TORCH_VERSION:-}
 DATE=${NIGHTLY_DATE:-$(date -u +%F)}
 GROUP=${NIGHTLY_PERF_GROUP:-all}
+GPUS=${NIGHTLY_GPUS:-all}
 OUT_DIR=${OUT:-}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,12 +46,14 @@ while [ $# -gt 0 ]; do
     --torch-version) TORCH_VERSION=$2; shift ;;
     --date) DATE=$2; shift ;;
     --group) GROUP=$2; shift ;;
+    --gpus) GPUS=${2-}; [ $# -gt 1 ] && shift ;;
     --out) OUT_DIR=$2; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "nightly.sh: unknown argument '$1' (see --help)" >&2; exit 64 ;;
   esac
   shift
 done
+case "$GPUS" in all|[1-8]) ;; *) echo "nightly.sh: --gpus '$GPUS': the GPUs to shard the tiers over, 1 to 8 or all (every GPU this runner shows). Fix: e.g. --gpus 2" >&2; exit 64 ;; esac
 OUT_DIR=${OUT_DIR:-runs/nightly/$DATE}
 mkdir -p "$OUT_DIR"/records "$OUT_DIR"/plots "$OUT_DIR"/explain
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -82,18 +89,20 @@ if [ "$INSTALL_PROJECT" = 1 ]; then
   "$PY" -m pip install --quiet -e ".[test,nvml]" 2>&1 | tee -a "$OUT_DIR/nightly.log"
   [ "${PIPESTATUS[0]}" = 0 ] || { log "installing the project failed"; exit 3; }
 fi
-# one interpreter start (torch imports take seconds): "<torch version> <gpu slug>"
-read -r TORCH_NOW SLUG < <("$PY" -c 'import torch
+# one interpreter start (torch imports take seconds): "<torch version> <gpu slug> <visible GPUs>"
+read -r TORCH_NOW SLUG VISIBLE < <("$PY" -c 'import torch
 from fluxperf.env import gpu_info, gpu_slug
 info = gpu_info()
-print(torch.__version__, info["slug"] if info else gpu_slug(None))' 2>/dev/null || echo "not-importable cpu")
+print(torch.__version__, info["slug"] if info else gpu_slug(None), torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo "not-importable cpu 0")
 log "torch under test: $TORCH_NOW (GPU $SLUG)"
+if [ "$GPUS" = all ]; then GPUS=$(( VISIBLE > 8 ? 8 : (VISIBLE < 1 ? 1 : VISIBLE) )); fi
+log "tiers sharded over $GPUS GPU(s) (this runner shows $VISIBLE)"
 NOTES+=("torch under test: $TORCH_NOW (GPU $SLUG)")
 BASELINE_DIR=${FLUXPERF_BASELINES:-baselines}/$SLUG
 
 # -- 2. numerics tier ------------------------------------------------------------------------------------
 log "numerics tier: $GPU_TIER"
-OUT="$OUT_DIR/numerics" bash "$GPU_TIER" 2>&1 | tee "$OUT_DIR/numerics.log"
+OUT="$OUT_DIR/numerics" bash "$GPU_TIER" --gpus "$GPUS" 2>&1 | tee "$OUT_DIR/numerics.log"
 RC_NUM=${PIPESTATUS[0]}
 log "numerics tier exit $RC_NUM"
 
@@ -104,7 +113,7 @@ run_perf() {  # $1 = attempt number; further args go to pytest (after the tier's
   local attempt=$1; shift
   local dir="$OUT_DIR/perf$attempt"
   local pytest_args=(); [ $# -gt 0 ] && pytest_args=(-- "$@")
-  OUT="$dir" bash "$PERF_TIER" "$GROUP" --compare "${pytest_args[@]}" 2>&1 | tee "$OUT_DIR/perf$attempt.log"
+  OUT="$dir" bash "$PERF_TIER" "$GROUP" --compare --gpus "$GPUS" "${pytest_args[@]}" 2>&1 | tee "$OUT_DIR/perf$attempt.log"
   local rc=${PIPESTATUS[0]}
   # every group's --benchmark-json is in the tier's tarball ($dir/<group>.json is only the last group's)
   mkdir -p "$dir/unpacked"
