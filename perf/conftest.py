@@ -15,6 +15,7 @@ import traceback
 
 import pytest
 
+from fluxperf.bench.build_cache import EXPORT_PACKAGES_ENV, build_cache, resumed_build
 from fluxperf.model.shapes import ShapeSpec
 
 SPEC = ShapeSpec("schnell", 1024, 1024)
@@ -22,9 +23,9 @@ STEPS = 4
 PROMPT = "a photo of a red car in the city at night, cinematic lighting"
 STEP_ROUNDS, VAE_ROUNDS, E2E_ROUNDS = 20, 20, 10  # >= 7 so Mann-Whitney can reach p < 0.002
 IMAGE_ROUNDS = 8  # 28-step images: dev ~3.9 s, Kontext ~2x; 8 rounds keep each perf group under 9 minutes
-# A directory where the export rung keeps its AOTInductor packages (and the inductor cache of their build) between
-# runs; scripts/tiers/perf-tier.sh sets it. Unset or empty: the export rung builds cold in the fresh cache.
-EXPORT_PACKAGES_ENV = "FLUXPERF_EXPORT_PACKAGES"
+# $FLUXPERF_EXPORT_PACKAGES (EXPORT_PACKAGES_ENV): where the export rung keeps its AOTInductor packages, and the long
+# builds (export, max-autotune compiles) their inductor caches, between runs (fluxperf.bench.build_cache);
+# scripts/tiers/perf-tier.sh sets it. Unset or empty: every rung builds cold in a fresh cache.
 
 
 def require_rung(name_or_recipe):
@@ -75,8 +76,8 @@ class PerfRunner:
         from fluxperf.model.shapes import transformer_inputs
 
         recipe = require_rung(rung_name)
-        resumed = _kept_build_cache_used(recipe)  # a build resumed from an earlier (stopped) one is not cold
-        with _compile_cache(recipe), self._prepared(recipe, text_encoders=False, spec=spec) as (run, dyn0, info):
+        resumed = resumed_build(recipe)  # a build resumed from an earlier (stopped) one is not cold
+        with build_cache(recipe), self._prepared(recipe, text_encoders=False, spec=spec) as (run, dyn0, info):
             # the rung's dtype (bf16, or fp16 for the fp16 rung): the transformer's own
             inputs = transformer_inputs(spec, dims_of_pipeline(run.pipe), device="cuda", dtype=run.pipe.transformer.dtype)
             transformer = run.pipe.transformer
@@ -88,8 +89,9 @@ class PerfRunner:
             first = timed_call(step)
             if resumed or _reused_packages(run.stack):  # not a cold build: no compile_cold_s
                 first = None
-                info["export_build"] = "package loaded from the cache" if _reused_packages(run.stack) else \
-                    "built on a kept inductor cache (resumed)"
+                info["export_build" if recipe.export.enabled else "compile_build"] = (
+                    "package loaded from the cache" if _reused_packages(run.stack) else
+                    "built on a kept inductor cache (resumed)")
             return Bench(self.request, self.benchmark).run(
                 step, rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(spec).total, first_call_s=first,
                 setup_s=run.setup_s, warm_compile=_warm_compile(step) if recipe.compile.enabled else None,
@@ -209,24 +211,6 @@ class PerfRunner:
             raise
         finally:
             free_gpu()
-
-
-def _compile_cache(recipe):
-    """The inductor cache of one benchmark: fresh (a cold compile, deleted after), except for the export rung with
-    kept packages, whose build cache lives next to them (a build stopped by a time limit resumes)."""
-    from fluxperf.bench.harness import fresh_compile_cache, kept_compile_cache
-
-    kept = os.environ.get(EXPORT_PACKAGES_ENV)
-    if recipe.export.enabled and kept:
-        return kept_compile_cache(os.path.join(kept, "inductor"))
-    return fresh_compile_cache()
-
-
-def _kept_build_cache_used(recipe) -> bool:
-    """Whether the export rung's kept inductor cache already holds files (a build resumed or repeated)."""
-    kept = os.environ.get(EXPORT_PACKAGES_ENV)
-    inductor = os.path.join(kept, "inductor") if kept else None
-    return bool(recipe.export.enabled and inductor and os.path.isdir(inductor) and os.listdir(inductor))
 
 
 def _reused_packages(stack) -> bool:

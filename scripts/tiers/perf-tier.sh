@@ -25,7 +25,9 @@
 # Without $OUT they stay in fluxperf-out/perf-<name>-<time>/.
 # The export rung keeps its AOTInductor packages (and their build's inductor cache) in $FLUXPERF_EXPORT_PACKAGES,
 # default fluxperf-out/export-packages: the first run on a machine builds them cold (compile_cold_s recorded), later
-# runs load them (no compile_cold_s; the package's build_s is in the AppliedStack). The package key covers torch,
+# runs load them (no compile_cold_s; the package's build_s is in the AppliedStack); max-autotune compiles
+# (compile_faithful) keep their inductor cache there too, one directory per rung (fluxperf/bench/build_cache.py), so a
+# build stopped by a time limit resumes (that run records no compile_cold_s). The package key covers torch,
 # GPU, shapes, recipe and the traced code, so a stale package is never reused. FLUXPERF_EXPORT_PACKAGES= (empty)
 # builds cold every time.
 # Carried wheels in .whl/ (see docs: DEVICE.md) are installed into /tmp/site first (scripts/tiers/device-env.sh, which also
