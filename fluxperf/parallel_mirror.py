@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -106,6 +107,12 @@ class MirrorGroup:
                               f"({self.broken}); this setup is not run. Fix: see that failure first.")
         driver = Driver(self.world_size, self.backend, self._commands, self._replies, self._procs)
         driver.check()
+        try:
+            pickle.dumps((ENTER, setup, args))  # the workers unpickle it: check before any worker enters
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise LaunchError(f"setup {getattr(setup, '__qualname__', setup)!r} or its arguments cannot be sent to "
+                              f"the workers ({type(exc).__name__}: {exc}). Fix: a module-level setup function and "
+                              "picklable arguments (tensors on the CPU).") from None
         for queue in self._commands:
             queue.put((ENTER, setup, args))
         self.setups += 1

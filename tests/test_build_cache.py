@@ -41,3 +41,13 @@ def test_build_cache_points_inductor_at_the_kept_directory_and_restores_it(tmp_p
         fresh = os.environ["TORCHINDUCTOR_CACHE_DIR"]
         assert not fresh.startswith(str(tmp_path))
     assert not os.path.exists(fresh)  # a fresh cache is deleted after
+
+
+def test_a_kept_build_root_that_is_a_file_is_refused_naming_variable_and_fix(tmp_path):
+    from fluxperf.errors import FluxperfError
+
+    afile = tmp_path / "packages"
+    afile.write_text("not a directory")
+    with pytest.raises(FluxperfError, match=rf"{EXPORT_PACKAGES_ENV}=.*packages' is not a directory.*Fix:"):
+        kept_build_dir(recipe_from("export"), {EXPORT_PACKAGES_ENV: str(afile)})
+    assert kept_build_dir(recipe_from("compile"), {EXPORT_PACKAGES_ENV: str(afile)}) is None  # not a long build

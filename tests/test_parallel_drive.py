@@ -172,3 +172,16 @@ def test_a_healthy_group_destroys_its_own_process_group_before_joining_the_worke
     events.clear()
     parallel_mirror._close(group, [Proc()], [Queue()], broken=True, stop_timeout_s=1)
     assert events[:2] == ["terminate", "destroy"]  # a broken group's workers cannot take part in a teardown
+
+
+def test_a_setup_the_workers_cannot_receive_is_refused_before_any_worker_enters():
+    with mirror_group(2, backend="gloo", timeout_s=60) as group:
+        with pytest.raises(LaunchError, match=r"cannot be sent to the workers.*Fix: a module-level setup function"):
+            with group.mirror(contextlib.contextmanager(lambda rank, world_size: iter([{}]))):
+                pass
+        assert group.broken is None and group.setups == 0  # nothing was sent: the group is still usable
+        with group.mirror(_sum_setup, 1) as driver, _sum_setup(0, 2, 1) as mine:
+            mine.results.clear()
+            driver.call("sum")
+            mine.commands["sum"]()
+        assert mine.results == [3.0]

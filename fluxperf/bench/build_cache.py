@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 
+from fluxperf.errors import FluxperfError
+
 EXPORT_PACKAGES_ENV = "FLUXPERF_EXPORT_PACKAGES"
 
 
@@ -25,11 +27,19 @@ def long_build(recipe) -> bool:
 
 
 def kept_build_dir(recipe, environ=os.environ) -> str | None:
-    """The kept Inductor cache directory of a long build ($FLUXPERF_EXPORT_PACKAGES/inductor/<rung name>), or None:
-    a fresh cache (not a long build, or the variable unset / empty)."""
+    """The kept Inductor cache directory of a long build ($FLUXPERF_EXPORT_PACKAGES/inductor/<rung name>, ~ expanded),
+    or None: a fresh cache (not a long build, or the variable unset / empty).
+
+    Raises:
+        FluxperfError: the variable names something that exists and is not a directory.
+    """
     root = environ.get(EXPORT_PACKAGES_ENV)
     if not root or not long_build(recipe):
         return None
+    root = os.path.expanduser(root)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise FluxperfError(f"{EXPORT_PACKAGES_ENV}={root!r} is not a directory (the kept builds and export packages "
+                            f"go there). Fix: point it at a directory, or set it empty to build cold.")
     return os.path.join(root, "inductor", recipe.name or "unnamed")
 
 
