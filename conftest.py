@@ -205,6 +205,38 @@ def run_in_process(pytester, *args):
     return pytester.runpytest_inprocess("-p", "no:cacheprovider", *args, plugins=[FastMachineInfo()])
 
 
+_COLLECTION_DUMP = """
+def pytest_collection_finish(session):
+    for item in session.items:
+        group = item.get_closest_marker("perf_group")
+        print("ITEM", item.nodeid, group.args[0] if group and group.args else "-",
+              ",".join(sorted({m.name for m in item.iter_markers()})))
+"""
+
+
+@pytest.fixture(scope="session")
+def gpu_tier_collection(tmp_path_factory) -> dict[str, tuple[str, set[str]]]:
+    """nodeid -> (its perf_group marker or "-", the names of all its markers), from ONE `pytest --co -m gpu` of the
+    perf tier and the GPU numerics tests in a subprocess (CPU; nothing runs): the collection costs ~7 s, shared by
+    tests/test_perf_groups.py and tests/test_requirements.py."""
+    import subprocess
+
+    plugin_dir = tmp_path_factory.mktemp("collection-dump")
+    (plugin_dir / "fluxperf_collection_dump.py").write_text(_COLLECTION_DUMP)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")])}
+    root = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "-p",
+                           "fluxperf_collection_dump", "-m", "gpu", "perf", "tests/gpu/test_numerics_gpu.py"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("ITEM "):
+            _, node, group, names = line.split(" ")
+            out[node] = (group, set(names.split(",")) - {""})
+    return out
+
+
 # Every conftest.py outside a package is imported as "conftest", and pytest drops the previous one from sys.modules
 # before it loads the next (perf/, tests/gpu/): `import conftest` in a test module gets whichever came last. This
 # name stays this file's.

@@ -44,11 +44,11 @@ def _ids(lines: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory) -> dict[str, str]:
-    """nodeid -> its perf_group marker, from ONE collection of the whole perf tier (one subprocess, not one per
-    group: the per-group collections cost 85 s of CI)."""
-    lines = collect(plugin_dir=tmp_path_factory.mktemp("reporter"))
-    return {parts[1]: parts[2] for parts in (line.split(" ") for line in lines if line.startswith("GROUP "))}
+def collected(gpu_tier_collection) -> dict[str, str]:
+    """nodeid -> its perf_group marker, for the perf tier's benchmarks (gpu and perf), from the session's ONE
+    collection (root conftest's gpu_tier_collection: the per-group collections cost 85 s of CI)."""
+    return {node: group for node, (group, marks) in gpu_tier_collection.items()
+            if node.startswith("perf/") and "perf" in marks}
 
 
 @pytest.fixture(scope="module")

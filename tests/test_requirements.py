@@ -3,7 +3,6 @@ agree with what apply() refuses on this machine and with the marks the four hand
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,24 +81,10 @@ def test_needs_match_the_old_require_rung(name):
 
 
 @pytest.fixture(scope="module")
-def collected_marks(tmp_path_factory) -> dict[str, set[str]]:
-    """node id -> its need markers, as pytest collects the real perf and GPU numerics tests (nothing runs)."""
-    plugin_dir = tmp_path_factory.mktemp("plugin")
-    (plugin_dir / "fluxperf_markdump.py").write_text(
-        "def pytest_collection_finish(session):\n    for item in session.items:\n"
-        "        print('MARKS', item.nodeid, ','.join(sorted({m.name for m in item.iter_markers()})))\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "-p",
-                           "fluxperf_markdump", "-m", "gpu", "perf/test_ladder.py", "perf/test_variants.py",
-                           "tests/gpu/test_numerics_gpu.py"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("MARKS "):
-            _, node, names = line.split(" ")
-            out[node] = set(names.split(",")) & NEED_MARKS
-    return out
+def collected_marks(gpu_tier_collection) -> dict[str, set[str]]:
+    """node id -> its need markers, as pytest collects the real perf and GPU numerics tests (nothing runs; the
+    root conftest's session-wide collection)."""
+    return {node: marks & NEED_MARKS for node, (_, marks) in gpu_tier_collection.items()}
 
 
 def test_collected_perf_and_numerics_tests_carry_the_old_marks(collected_marks):

@@ -34,7 +34,8 @@ rc_var="FAKE_RC_$key"; exit "${!rc_var:-0}"
 
 def tier(tmp_path, script: str, *args: str, fake: bool = True, **env_extra: str):
     (tmp_path / "fake-pytest.sh").write_text(FAKE)
-    env = {**os.environ, "OUT": str(tmp_path / "out"), **env_extra}
+    # the libstdc++ preload probe (a torch import, ~3 s) is tested in test_aoti_loader.py; only the plain run keeps it
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "FLUXPERF_NO_PRELOAD": "1", **env_extra}
     env.pop("FLUXPERF_GPU_COUNT", None)
     if fake:
         env["FLUXPERF_TIER_PYTEST"] = f"bash {tmp_path / 'fake-pytest.sh'}"
@@ -84,9 +85,20 @@ def test_gpu_tier_runs_one_shard_per_gpu_then_the_all_gpu_tests(tmp_path):
 
 
 def test_gpu_tier_without_gpus_option_is_one_plain_run(tmp_path):
-    done = tier(tmp_path, "gpu-tier.sh", "-x")
-    runs = fake_lines((tmp_path / "out" / "gpu-tier.log").read_text())
+    done = tier(tmp_path, "gpu-tier.sh", "-x", FLUXPERF_NO_PRELOAD="0", LD_PRELOAD="")
+    log = (tmp_path / "out" / "gpu-tier.log").read_text()
+    runs = fake_lines(log)
     assert done.returncode == 0 and [r["shard"] for r in runs] == ["none"]
+    # the preload probe ran (scripts/tiers/aoti-preload.sh): it preloads the system libstdc++, or says why not
+    from fluxperf.steps.export.loader import system_libstdcxx
+
+    assert ("aoti-preload:" in done.stderr) == (system_libstdcxx() is not None), done.stderr
+
+
+def test_no_preload_switch_leaves_ld_preload_alone(tmp_path):
+    done = tier(tmp_path, "gpu-tier.sh", LD_PRELOAD="")
+    assert done.returncode == 0 and "aoti-preload" not in done.stderr
+    assert (tmp_path / "out" / "gpu-tier.log").read_text().startswith("gpu-tier: LD_PRELOAD=unset")
 
 
 def test_perf_tier_shards_whole_groups_and_runs_parallel_on_both_gpus(tmp_path):
