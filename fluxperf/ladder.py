@@ -40,6 +40,10 @@ _EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
     "compile_whole": ("compile", {"compile": {"scope": "whole"}}),
     "float8_only": ("compile", {"quantize": {"kind": "float8"}}),
     "float8_row": ("float8", {"quantize": {"granularity": "row"}}),
+    # issue 17's float8 GEMM levers, each one change on float8_only (compile + torchao float8, cuDNN SDPA: the best
+    # H200 step, 100.8 ms): row-wise scales, and static activation scales (fluxperf.steps.float8_static)
+    "float8_only_row": ("float8_only", {"quantize": {"granularity": "row"}}),
+    "float8_static": ("float8_only", {"quantize": {"activation_scale": "static"}}),
     "full_cudnn": ("flags", {"attention": {"backend": "cudnn"}}),
     "cache_dit": ("flags", {"cache_dit": {"enabled": True}}),
     "cache_dit_f8b0": ("flags", {"cache_dit": {"enabled": True, "Fn": 8, "Bn": 0}}),

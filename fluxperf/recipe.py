@@ -90,11 +90,26 @@ class QuantizeConfig(_StepConfig):
             dynamic per-token activation + int8 weight: any device, any of the recipe dtypes).
         granularity: "tensor" (PerTensor, flux-fast's float8) or "row" (PerRow; torchao's int8 default, which the
             int8 rungs use).
+        activation_scale: "dynamic" (each call takes its activations' amax: torchao's default) or "static" (float8,
+            tensor-wise only: one scale per Linear, calibrated once in apply() on `calibration_calls` seeded
+            forwards of the call shapes, at timesteps spread over the schedule; fluxperf.steps.float8_static).
+        calibration_calls: transformer forwards that calibrate static scales (1..64).
     """
 
     SECTION: ClassVar[str] = "quantize"
     kind: str = checked("none", choices=("none", "float8", "int8"))
     granularity: str = checked("tensor", choices=("tensor", "row"))
+    activation_scale: str = checked("dynamic", choices=("dynamic", "static"))
+    calibration_calls: int = checked(4, lo=1, hi=64)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.activation_scale == "static" and (self.kind, self.granularity) != ("float8", "tensor"):
+            raise RecipeError(
+                f"quantize.activation_scale='static' with kind={self.kind!r}, granularity={self.granularity!r}: static "
+                "activation scales are torchao's Float8StaticActivationFloat8WeightConfig, float8 with one tensor-wise "
+                "scale per layer only. Fix: kind='float8', granularity='tensor', or activation_scale='dynamic'."
+            )
 
     @property
     def enabled(self) -> bool:

@@ -42,6 +42,15 @@ def _rule_export_no_caching(r: RecipeLike) -> None:
             )
 
 
+def _rule_export_no_static_float8(r: RecipeLike) -> None:
+    if r.export.enabled and r.quantize.activation_scale == "static":
+        raise RecipeError(
+            "export.enabled=True with quantize.activation_scale='static': an AOTInductor package of torchao's static "
+            "float8 weights has never been built and loaded here (the dynamic ones needed a loader fix). Fix: use "
+            "compile with static scales, or export with activation_scale='dynamic'."
+        )
+
+
 def _rule_one_cache(r: RecipeLike) -> None:
     if r.cache_dit.enabled and r.first_block_cache.enabled:
         raise RecipeError(
@@ -178,6 +187,7 @@ def _active_cache(r: RecipeLike) -> str | None:
 COMBINATION_RULES = (
     _rule_flags_need_compiler,
     _rule_export_replaces_compile,
+    _rule_export_no_static_float8,
     _rule_export_no_caching,
     _rule_one_cache,
     _rule_cache_no_cudagraphs,

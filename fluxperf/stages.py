@@ -177,9 +177,20 @@ def _undo_attention(pipe, memo) -> None:
 
 # -- 5. quantize (cannot be undone) --------------------------------------------------------------------------------
 def _stage_quantize(ctx: Context) -> dict:
-    from fluxperf.steps.quantize import quantize_transformer
+    from fluxperf.steps.quantize import check_float8_hardware, quantize_transformer
 
-    return quantize_transformer(ctx.pipe.transformer, ctx.recipe.quantize)
+    cfg = ctx.recipe.quantize
+    if cfg.activation_scale == "static":  # calibrated here, on the call shapes
+        from fluxperf.steps.float8_static import calibration_run, quantize_float8_static
+
+        if ctx.spec is None:
+            raise RecipeError(
+                "quantize.activation_scale='static' but apply() got no spec: the activation scales are calibrated "
+                "on forwards of the call shapes. Fix: apply(pipe, recipe, spec=ShapeSpec(variant, height, width)).")
+        check_float8_hardware(next(ctx.pipe.transformer.parameters()).device)
+        return quantize_float8_static(ctx.pipe.transformer, cfg,
+                                      calibration_run(ctx.pipe, ctx.spec, cfg.calibration_calls))
+    return quantize_transformer(ctx.pipe.transformer, cfg)
 
 
 # -- 6./7. block caches ----------------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ RUNG_GROUPS = {
     # flux-fast's deployed compile (whole model, max-autotune without CUDA graphs, fullgraph) on the flags stack:
     # compare with step[flags] (the same stack compiled regionally, default mode) for compile and step time
     "compile_faithful": "compile_faithful",
+    # issue 17's float8 levers against their reference, in one group (one GPU command measures all three)
+    "float8_only": "speed",
+    "float8_only_row": "speed",
+    "float8_static": "speed",
 }
 
 

@@ -162,7 +162,17 @@ def int8_config(granularity: str):
                                                  set_inductor_config=False)
 
 
-_CONFIGS = {"float8": float8_config, "int8": int8_config}
+def float8_static_probe_config(granularity: str, device="cpu"):
+    """torchao's static float8 config with a unit activation scale on `device`, shaped for the probe's 3-D input
+    (the probe checks that a shape runs; fluxperf.steps.float8_static gives each layer its calibrated scale)."""
+    import torch
+    from torchao.quantization import Float8StaticActivationFloat8WeightConfig, PerTensor
+
+    return Float8StaticActivationFloat8WeightConfig(act_quant_scale=torch.ones(1, 1, 1, device=device),
+                                                    granularity=PerTensor(), set_inductor_config=False)
+
+
+_CONFIGS = {"float8": float8_config, "int8": int8_config, "float8_static": float8_static_probe_config}
 
 
 def float8_probe_reason(linear, granularity: str) -> str | None:
@@ -186,7 +196,8 @@ def _probe(in_features, out_features, bias, dtype, device, granularity, kind="fl
     dtype = getattr(torch, dtype)
     probe = torch.nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
     # a config error (e.g. PerRow on fp32 weights) is the caller's, not a shape reason: it raises here
-    quantize_(probe, _CONFIGS[kind](granularity))
+    config = _CONFIGS[kind](granularity, device) if kind == "float8_static" else _CONFIGS[kind](granularity)
+    quantize_(probe, config)
     x = torch.randn(2, 3, in_features, device=device, dtype=dtype)  # 3-D, 6 rows: as the transformer calls it
     try:
         with torch.no_grad():
@@ -322,6 +333,8 @@ def int8_linear_count(module) -> int:
 
 
 def _float8_tensor_class():
+    """torchao's float8 weight classes, for isinstance: Float8Tensor (dynamic scales) and, where this torchao has it,
+    the PrototypeFloat8Tensor of static activation scales (fluxperf.steps.float8_static); None without torchao."""
     import sys
 
     if "torchao" not in sys.modules:  # never import torchao just to count: nothing can be float8 without it
@@ -330,4 +343,8 @@ def _float8_tensor_class():
         from torchao.quantization import Float8Tensor
     except ImportError as exc:
         raise UnavailableError("torchao Float8Tensor", str(exc), install_hint("torchao")) from exc
-    return Float8Tensor
+    try:
+        from torchao.prototype.quantization.float8_static_quant.prototype_float8_tensor import PrototypeFloat8Tensor
+    except ImportError:  # an older/newer torchao without the prototype: static scales are refused there
+        return Float8Tensor
+    return (Float8Tensor, PrototypeFloat8Tensor)
