@@ -98,13 +98,26 @@ def test_parallel_step(request, benchmark, mirrors, rung_name):
 
 
 def parallel_step(request, benchmark, mirrors, rung_name: str) -> dict:
-    """Have the workers of `mirrors` (fluxperf.parallel_mirror.MirrorGroup) enter the step setup, enter it as rank 0,
-    measure with Bench; returns the benchmark's extra_info."""
+    """The rung's transformer step on both ranks (step_mirror), rank 0 timing; returns the benchmark's extra_info."""
+    from fluxperf.bench.flops import step_flops
+    from fluxperf.measure.parallel_bench import step_mirror
+
+    extra = _mirrored_benchmark(
+        request, benchmark, mirrors, rung_name, step_mirror, (SPEC,), "step",
+        info={"spec": SPEC.key(), "flops_per": "GPU (the step's FLOPs / world_size)"},
+        rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(SPEC).total / WORLD_SIZE)
+    extra.update(_scaling(rung_name, extra["median_ms"]))
+    return extra
+
+
+def _mirrored_benchmark(request, benchmark, mirrors, rung_name: str, setup, args: tuple, command: str, info: dict,
+                        **bench) -> dict:
+    """Have the workers of `mirrors` (fluxperf.parallel_mirror.MirrorGroup) enter `setup(rank, world, rung, *args)`,
+    enter it as rank 0, and measure its `command` with Bench (each call preceded by the workers' own; a warm
+    recompile after "reset" on every rank); returns the benchmark's extra_info (+ mirrored_calls)."""
     import torch
 
-    from fluxperf.bench.flops import step_flops
     from fluxperf.bench.harness import Bench, timed_call
-    from fluxperf.measure.parallel_bench import step_mirror
     from fluxperf.measure.runner import free_gpu
 
     recipe = recipe_from(rung_name)
@@ -113,31 +126,27 @@ def parallel_step(request, benchmark, mirrors, rung_name: str) -> dict:
         pytest.skip(missing)
     assert recipe.parallel.world_size == WORLD_SIZE, rung_name
     try:
-        with mirrors.mirror(step_mirror, rung_name, SPEC) as driver, \
-                step_mirror(0, WORLD_SIZE, rung_name, SPEC) as mine:
-            own = mine.commands
+        with mirrors.mirror(setup, rung_name, *args) as driver, setup(0, WORLD_SIZE, rung_name, *args) as mine:
+            own = mine.commands[command]
 
-            def step():
-                driver.call("step")
-                return own["step"]()
+            def call():
+                driver.call(command)
+                return own()
 
             def warm_compile() -> float:
                 driver.call("reset")
                 torch._dynamo.reset()
-                return timed_call(step)
+                return timed_call(call)
 
-            first = timed_call(step)
-            info = {"rung": rung_name, "spec": SPEC.key(), "applied": mine.run.stack.to_dict(),
-                    "apply_s": mine.run.setup_s, "slowdown_injected": mine.slowdown, "world_size": WORLD_SIZE,
-                    "flops_per": "GPU (the step's FLOPs / world_size)"}
+            first = timed_call(call)
+            info = {"rung": rung_name, **info, "applied": mine.run.stack.to_dict(), "apply_s": mine.run.setup_s,
+                    "slowdown_injected": mine.slowdown, "world_size": WORLD_SIZE}
             extra = Bench(request, benchmark).run(
-                step, rounds=STEP_ROUNDS, warmup_rounds=3, flops=step_flops(SPEC).total / WORLD_SIZE,
-                first_call_s=first, setup_s=mine.run.setup_s,
-                warm_compile=warm_compile if recipe.compile.enabled else None, info=info, dyn_before=mine.dyn_before)
+                call, first_call_s=first, setup_s=mine.run.setup_s, info=info, dyn_before=mine.dyn_before,
+                warm_compile=warm_compile if recipe.compile.enabled else None, **bench)
             extra["mirrored_calls"] = dict(driver.calls)
     finally:
         free_gpu()
-    extra.update(_scaling(rung_name, extra["median_ms"]))
     return extra
 
 
@@ -169,40 +178,11 @@ def test_parallel_dev_image(request, benchmark, mirrors, rung_name):
 
 def parallel_image(request, benchmark, mirrors, rung_name: str) -> dict:
     """The dev image as parallel_step measures the step: both ranks in image_mirror, rank 0 timing with Bench."""
-    import torch
-
-    from fluxperf.bench.harness import Bench, timed_call
     from fluxperf.measure.parallel_bench import image_mirror
-    from fluxperf.measure.runner import free_gpu
 
-    recipe = recipe_from(rung_name)
-    _, missing = recipe_marks(recipe, check=True)
-    if missing:
-        pytest.skip(missing)
-    try:
-        with mirrors.mirror(image_mirror, rung_name, DEV, DEV_STEPS) as driver, \
-                image_mirror(0, WORLD_SIZE, rung_name, DEV, DEV_STEPS) as mine:
-            own = mine.commands
-
-            def generate():
-                driver.call("image")
-                return own["image"]()
-
-            def warm_compile() -> float:
-                driver.call("reset")
-                torch._dynamo.reset()
-                return timed_call(generate)
-
-            first = timed_call(generate)
-            info = {"rung": rung_name, "spec": DEV.key(), "steps": DEV_STEPS, "applied": mine.run.stack.to_dict(),
-                    "apply_s": mine.run.setup_s, "slowdown_injected": mine.slowdown, "world_size": WORLD_SIZE}
-            extra = Bench(request, benchmark).run(
-                generate, rounds=IMAGE_ROUNDS, warmup_rounds=1, first_call_s=first, setup_s=mine.run.setup_s,
-                warm_compile=warm_compile if recipe.compile.enabled else None, info=info, dyn_before=mine.dyn_before,
-                count_kernels=False)
-            extra["mirrored_calls"] = dict(driver.calls)
-    finally:
-        free_gpu()
+    extra = _mirrored_benchmark(request, benchmark, mirrors, rung_name, image_mirror, (DEV, DEV_STEPS), "image",
+                                info={"spec": DEV.key(), "steps": DEV_STEPS}, rounds=IMAGE_ROUNDS, warmup_rounds=1,
+                                count_kernels=False)
     extra.update(_scaling(rung_name, extra["median_ms"], kind="image"))
     return extra
 
