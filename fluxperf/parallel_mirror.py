@@ -49,13 +49,18 @@ class Driver:
         self.world_size, self.backend = world_size, backend
         self._commands, self._replies, self._procs = commands, replies, procs
         self.calls: dict[str, int] = {}
+        self.open = True  # False once its mirror block has exited
 
     def call(self, name: str) -> None:
         """Tell every worker to run its command `name` (non-blocking); call right before making the same call.
 
         Raises:
-            LaunchError: a worker has failed (its rank and traceback), or exited.
+            LaunchError: the driver's mirror block has exited, or a worker has failed (its rank and traceback), or
+                exited.
         """
+        if not self.open:
+            raise LaunchError(f"driver.call({name!r}) after its mirror block exited: the setup is gone on every rank. "
+                              "Fix: make the calls inside `with group.mirror(...) as driver:`.")
         self.check()
         for queue in self._commands:
             queue.put(name)
@@ -86,6 +91,8 @@ class MirrorGroup:
         self._commands, self._replies, self._procs = commands, replies, procs
         self.broken: str | None = None
         self.setups = 0
+        self.active = False  # a mirror block is open (the workers run one setup at a time)
+        self.closed = False  # mirror_group's block has exited: the workers are gone
 
     @property
     def worker_pids(self) -> list[int | None]:
@@ -102,6 +109,12 @@ class MirrorGroup:
         Raises:
             LaunchError: the group is broken (the first failure named), or a worker failed.
         """
+        if self.closed:
+            raise LaunchError("the mirror group is closed (its mirror_group block has exited; the workers are gone). "
+                              "Fix: enter group.mirror(...) inside `with mirror_group(...) as group:`.")
+        if self.active:
+            raise LaunchError("group.mirror(...) inside another mirror of the same group: the workers run one setup at "
+                              "a time. Fix: leave the open `with group.mirror(...)` block before entering the next.")
         if self.broken is not None:
             raise LaunchError(f"the mirror group of {self.world_size} ranks is broken by an earlier failure "
                               f"({self.broken}); this setup is not run. Fix: see that failure first.")
@@ -116,14 +129,27 @@ class MirrorGroup:
         for queue in self._commands:
             queue.put((ENTER, setup, args))
         self.setups += 1
+        self.active = True
         try:
             yield driver
+            for queue in self._commands:
+                queue.put(LEAVE)
+            driver.check()  # a worker that failed in its setup, or after rank 0's last call
         except BaseException as exc:
-            self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            self.broken = _first_line(exc)
             raise
-        for queue in self._commands:
-            queue.put(LEAVE)
-        driver.check()  # a worker that failed after rank 0's last call
+        finally:
+            driver.open, self.active = False, False
+
+
+def _first_line(exc: BaseException) -> str:
+    """The failure as the group remembers it: the exception's type and its first line that says something (a worker's
+    report starts with "mirror rank R of N failed:" and ends with the worker's own error)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(lines) > 1 and text.endswith("failed:"):
+        text = f"{text} {lines[-1]}"
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def _mirror_worker(rank: int, world_size: int, port: int, backend: str, timeout_s: float, commands,
@@ -213,6 +239,7 @@ def _close(group: MirrorGroup, procs: list, commands: list, broken: bool, stop_t
     """Stop the workers and leave the group (see mirror_group: concurrent destroy when healthy)."""
     import torch.distributed as dist
 
+    group.closed = True
     if broken:  # a worker may wait at a collective rank 0 never reaches: it cannot take part in a teardown
         for proc in procs:
             if proc.is_alive():

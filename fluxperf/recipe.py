@@ -110,6 +110,13 @@ class QuantizeConfig(_StepConfig):
                 "activation scales are torchao's Float8StaticActivationFloat8WeightConfig, float8 with one tensor-wise "
                 "scale per layer only. Fix: kind='float8', granularity='tensor', or activation_scale='dynamic'."
             )
+        default_calls = type(self).__dataclass_fields__["calibration_calls"].default
+        if self.activation_scale != "static" and self.calibration_calls != default_calls:
+            raise RecipeError(
+                f"quantize.calibration_calls={self.calibration_calls!r} with activation_scale="
+                f"{self.activation_scale!r}: only static activation scales are calibrated. Fix: set "
+                "activation_scale='static', or drop calibration_calls."
+            )
 
     @property
     def enabled(self) -> bool:

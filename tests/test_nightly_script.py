@@ -88,12 +88,12 @@ def test_a_nightly_where_nothing_ran_is_not_green(tmp_path):
     """Every test skipped (no CUDA): the real tiers exit 14 (the plugin's 'nothing measured'); the nightly fails."""
     nothing = tmp_path / "nothing-ran.sh"
     nothing.write_text('echo "80 skipped: no CUDA (args: $*)"; exit 14\n')
-    done = run(tmp_path, "--skip-install", "--date", "2026-11-22", "--gpus", "2",
+    done = run(tmp_path, "--skip-install", "--date", "2026-11-22", "--gpus=1",
                env_extra={"NIGHTLY_GPU_TIER": str(nothing), "NIGHTLY_PERF_TIER": str(nothing)})
     assert done.returncode != 0, done.stdout + done.stderr
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| numerics | 14 | nothing measured |" in summary and "| perf | 14 | nothing measured |" in summary
-    assert "(args: --gpus 2)" in done.stdout and "(args: all --compare --gpus 2)" in done.stdout  # --gpus reaches both
+    assert "(args: --gpus 1)" in done.stdout and "(args: all --compare --gpus 1)" in done.stdout  # --gpus reaches both
 
 
 @pytest.mark.parametrize("value", ["0", "9", "two", ""])

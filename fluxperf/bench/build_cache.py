@@ -27,20 +27,46 @@ def long_build(recipe) -> bool:
 
 
 def kept_build_dir(recipe, environ=os.environ) -> str | None:
-    """The kept Inductor cache directory of a long build ($FLUXPERF_EXPORT_PACKAGES/inductor/<rung name>, ~ expanded),
-    or None: a fresh cache (not a long build, or the variable unset / empty).
+    """The kept Inductor cache directory of a long build ($FLUXPERF_EXPORT_PACKAGES/inductor/<rung directory>, ~
+    expanded), or None: a fresh cache (not a long build, or the variable unset / empty). The rung directory is the
+    recipe's name when that is one plain path component, else a slug of it plus a hash (never shared, never outside).
 
     Raises:
-        FluxperfError: the variable names something that exists and is not a directory.
+        FluxperfError: the variable is blank, or names (or lies under) something that is not a directory.
     """
     root = environ.get(EXPORT_PACKAGES_ENV)
     if not root or not long_build(recipe):
         return None
+    if not root.strip():
+        raise FluxperfError(f"{EXPORT_PACKAGES_ENV}={root!r} is blank. Fix: a directory for the kept builds and "
+                            "export packages, or set it empty to build cold.")
     root = os.path.expanduser(root)
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise FluxperfError(f"{EXPORT_PACKAGES_ENV}={root!r} is not a directory (the kept builds and export packages "
-                            f"go there). Fix: point it at a directory, or set it empty to build cold.")
-    return os.path.join(root, "inductor", recipe.name or "unnamed")
+    existing = root
+    while existing and not os.path.exists(existing):  # the nearest existing ancestor must be a directory
+        parent = os.path.dirname(existing.rstrip(os.sep))
+        existing = parent if parent != existing else ""
+    if existing and not os.path.isdir(existing):
+        raise FluxperfError(f"{EXPORT_PACKAGES_ENV}={root!r}: {existing!r} is not a directory (the kept builds and "
+                            f"export packages go under it). Fix: point it at a directory, or set it empty to build "
+                            "cold.")
+    return os.path.join(root, "inductor", rung_directory(recipe.name or "unnamed"))
+
+
+def rung_directory(name: str) -> str:
+    """A directory name for rung `name`: the name itself when it is one plain component (letters, digits, _ . -,
+    not starting with a dot), else a slug of it and 8 hex digits of its SHA-1 (".", "..", "a/b" stay apart).
+
+    Example:
+        >>> rung_directory("compile_faithful"), rung_directory("..")[:3]
+        ('compile_faithful', '__-')
+    """
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        return name
+    slug = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:40]
+    return f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def resumed_build(recipe, environ=os.environ) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fluxperf.errors import FluxperfError
 from fluxperf.optional import require
 from fluxperf.recipe import QuantizeConfig
 
@@ -38,25 +39,33 @@ def calibration_timesteps(calls: int) -> list[float]:
     return [(calls - i) / calls for i in range(calls)]
 
 
-def record_input_amax(module, names: set[str], run: Callable[[], None]) -> dict[str, tuple[float, int]]:
-    """Run `run()` with a forward pre-hook on each Linear of `module` named in `names`; fqn -> (largest |input|
-    over all its calls (float), the input's rank). Hooks are removed afterwards, also on error."""
+class CalibrationError(FluxperfError, ValueError):
+    """A calibration forward gave a Linear a non-finite activation (inf / NaN): no static scale can be taken."""
+
+
+def record_input_amax(module, names: set[str], run: Callable[[], None]) -> dict[str, tuple[float, set[int]]]:
+    """Run `run()` with a forward pre-hook on each Linear of `module` named in `names` (positional or keyword
+    `input`); fqn -> (largest |input| over all its calls (float; inf or nan when an input held one), the input ranks
+    seen). Hooks are removed afterwards, also on error."""
+    import math
+
     import torch
 
-    seen: dict[str, tuple[float, int]] = {}
+    seen: dict[str, tuple[float, set[int]]] = {}
     handles = []
 
     def hook_for(name):
-        def hook(_mod, args):
-            x = args[0]
+        def hook(_mod, args, kwargs):
+            x = args[0] if args else kwargs["input"]
             amax = float(x.detach().abs().amax().float())
-            old = seen.get(name, (0.0, x.ndim))
-            seen[name] = (max(old[0], amax), x.ndim)
+            old, ranks = seen.get(name, (0.0, set()))
+            nan = math.isnan(old) or math.isnan(amax)  # a NaN must survive: max(0.0, nan) is 0.0
+            seen[name] = (math.nan if nan else max(old, amax), ranks | {x.ndim})
         return hook
 
     for name, mod in module.named_modules():
         if name in names and isinstance(mod, torch.nn.Linear):
-            handles.append(mod.register_forward_pre_hook(hook_for(name)))
+            handles.append(mod.register_forward_pre_hook(hook_for(name), with_kwargs=True))
     try:
         with torch.no_grad():
             run()
@@ -78,14 +87,25 @@ def quantize_float8_static(module, cfg: QuantizeConfig, calibrate: Callable[[], 
         (min / median / max of the per-layer scales).
     Raises:
         UnavailableError: torchao (with its static float8 prototype) is not installed.
+        CalibrationError: a calibrated Linear saw an inf or NaN input.
+        AlreadyQuantizedError: a Linear of `module` is already quantized.
     """
+    import math
     import statistics
 
     import torch
 
-    from fluxperf.steps.quantize import _float8_names, _report, _runnable_filter, float8_shape_reason, linear_names
+    from fluxperf.steps.quantize import (
+        _float8_names,
+        _report,
+        _runnable_filter,
+        float8_shape_reason,
+        linear_names,
+        refuse_quantized,
+    )
 
     torchao = require("torchao")
+    refuse_quantized(module)
     from torchao.quantization import Float8StaticActivationFloat8WeightConfig, FqnToConfig, PerTensor, quantize_
 
     names, reasons = linear_names(module), {}
@@ -93,13 +113,24 @@ def quantize_float8_static(module, cfg: QuantizeConfig, calibrate: Callable[[], 
                             lambda m: float8_shape_reason(m.in_features, m.out_features, "tensor"))
     runnable = {n for n, m in module.named_modules() if n in set(names) and keep(m, n)}
     seen = record_input_amax(module, runnable, calibrate)
+    bad = {name: amax for name, (amax, _) in seen.items() if not math.isfinite(amax)}
+    if bad:
+        raise CalibrationError(
+            f"static float8 calibration: {len(bad)} Linear input(s) held non-finite values, e.g. "
+            f"{sorted(bad.items())[:3]} (layer: amax); no scale can be taken from inf / nan. Fix: calibrate on "
+            "finite inputs (check the model's dtype and weights), or use activation_scale='dynamic'.")
     for name in sorted(runnable - set(seen)):
         reasons[name] = "not reached by the calibration forwards: no activation scale to give it"
-    scales = {name: max(amax, MIN_AMAX) / FLOAT8_E4M3_MAX for name, (amax, _) in seen.items()}
-    device = next(module.parameters()).device
+    for name, (_, ranks) in sorted(seen.items()):
+        if len(ranks) > 1:  # torchao's static scale must have the input's rank: one scale cannot serve two
+            reasons[name] = (f"called with inputs of ranks {sorted(ranks)} during calibration: a static scale has "
+                             "the rank of its input (torchao PrototypeFloat8Tensor.from_hp), one scale cannot serve both")
+    scales = {name: max(amax, MIN_AMAX) / FLOAT8_E4M3_MAX for name, (amax, ranks) in seen.items() if len(ranks) == 1}
+    device = next(iter(module.parameters()), torch.empty(0)).device
     configs = {
         name: Float8StaticActivationFloat8WeightConfig(
-            act_quant_scale=torch.tensor(scale, dtype=torch.float32, device=device).reshape((1,) * seen[name][1]),
+            act_quant_scale=torch.tensor(scale, dtype=torch.float32, device=device).reshape(
+                (1,) * next(iter(seen[name][1]))),
             granularity=PerTensor(), set_inductor_config=False)
         for name, scale in scales.items()}
     if configs:

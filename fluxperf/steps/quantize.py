@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 
-from fluxperf.errors import RecipeError, UnavailableError
+from fluxperf.errors import FluxperfError, RecipeError, UnavailableError
 from fluxperf.optional import install_hint, require
 from fluxperf.recipe import QuantizeConfig
 
@@ -237,6 +237,7 @@ def quantize_int8(module, cfg: QuantizeConfig) -> dict:
         UnavailableError: torchao is not installed.
     """
     torchao = require("torchao")
+    refuse_quantized(module)
     from torchao.quantization import Int8Tensor, quantize_
 
     device_type = next(module.parameters()).device.type
@@ -265,6 +266,7 @@ def quantize_float8(module, cfg: QuantizeConfig) -> dict:
         ({name: why}), granularity, torchao version.
     """
     torchao = require("torchao")
+    refuse_quantized(module)
     check_float8_hardware(next(module.parameters()).device)
     from torchao.quantization import quantize_
 
@@ -293,6 +295,28 @@ def _report(torchao, cfg: QuantizeConfig, names: list[str], converted: set[str],
         "skipped": skipped,
         "skipped_reasons": {n: reasons.get(n, "torchao left it unconverted") for n in skipped},
     }
+
+
+class AlreadyQuantizedError(FluxperfError, ValueError):
+    """The module's Linear layers already hold torchao tensors: a weight is quantized once."""
+
+
+def refuse_quantized(module) -> None:
+    """Raise AlreadyQuantizedError when a Linear of `module` already holds a tensor-subclass weight (torchao float8 /
+    int8): torchao fails inside its own code on a second quantization, or quantizes the quantized weight."""
+    import torch
+
+    done = {}
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            data = m.weight.data if type(m.weight) is torch.nn.Parameter else m.weight
+            if type(data) is not torch.Tensor:
+                done[name] = type(data).__name__
+    if done:
+        first = next(iter(done.items()))
+        raise AlreadyQuantizedError(
+            f"{len(done)} Linear layer(s) are already quantized (e.g. {first[0]!r}: {first[1]}); a weight is quantized "
+            "once. Fix: quantize a freshly built model (fluxperf.remove cannot undo quantization).")
 
 
 def _runnable_filter(kind: str, granularity: str, reasons: dict, shape_reason):

@@ -19,13 +19,14 @@
 #   FLUXPERF_HISTORY         the history file; keep it on persistent storage on a runner (default $OUT/history.jsonl)
 #   FLUXPERF_BASELINES       baselines root (default baselines)
 #   NIGHTLY_PERF_GROUP       perf-tier group (default all)
-#   NIGHTLY_GPUS             as --gpus (default all)
+#   NIGHTLY_GPUS             as --gpus (default all); more GPUs than the runner shows is refused (exit 64)
 #   NIGHTLY_GPU_TIER / NIGHTLY_PERF_TIER   the tier commands (default scripts/tiers/gpu-tier.sh / scripts/tiers/perf-tier.sh)
 #   NIGHTLY_BUNDLE=1         pack all outputs into $OUT/nightly.tar.gz (for the device tool: few files come back)
 # Exit status: 0 nothing to report (an unconfirmed single bad night included), 1 numerics tier failed (also when
 #   it ran no test: its exit 14), 2 nightly install impossible (and --allow-installed not given), 3 nightly install
 #   failed, 10 confirmed perf regression, 11 perf inconclusive after the confirming re-run, other: the perf tier's
-#   own status (tests erroring; 12 baseline error, 13 no baseline for this GPU, 14 nothing measured).
+#   own status (tests erroring; 12 baseline error, 13 no baseline for this GPU, 14 nothing measured); 64 a bad
+#   argument or --gpus / NIGHTLY_GPUS beyond the GPUs this runner shows (nothing run).
 set -uo pipefail
 
 ALLOW=${NIGHTLY_ALLOW_INSTALLED:-0}
@@ -36,24 +37,28 @@ TORCH_VERSION=${NIGHTLY_TORCH_VERSION:-}
 DATE=${NIGHTLY_DATE:-$(date -u +%F)}
 GROUP=${NIGHTLY_PERF_GROUP:-all}
 GPUS=${NIGHTLY_GPUS:-all}
+GPUS_FROM=NIGHTLY_GPUS; [ -n "${NIGHTLY_GPUS:-}" ] || GPUS_FROM=--gpus  # whom a refusal names
 OUT_DIR=${OUT:-}
+needs_value() { [ "$1" -ge 2 ] || { echo "nightly.sh: $2 needs a value (see --help). Fix: $2 VALUE" >&2; exit 64; }; }
 while [ $# -gt 0 ]; do
+  case "$1" in --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;; esac  # --opt=value, as the tiers accept
   case "$1" in
     --allow-installed) ALLOW=1 ;;
     --skip-install) SKIP_INSTALL=1 ;;
     --install-project) INSTALL_PROJECT=1 ;;
-    --index-url) INDEX=$2; shift ;;
-    --torch-version) TORCH_VERSION=$2; shift ;;
-    --date) DATE=$2; shift ;;
-    --group) GROUP=$2; shift ;;
-    --gpus) GPUS=${2-}; [ $# -gt 1 ] && shift ;;
-    --out) OUT_DIR=$2; shift ;;
+    --index-url) needs_value $# "$1"; INDEX=$2; shift ;;
+    --torch-version) needs_value $# "$1"; TORCH_VERSION=$2; shift ;;
+    --date) needs_value $# "$1"; DATE=$2; shift ;;
+    --group) needs_value $# "$1"; GROUP=$2; shift ;;
+    --gpus) GPUS=${2-}; GPUS_FROM=--gpus; [ $# -gt 1 ] && shift ;;
+    --out) needs_value $# "$1"; OUT_DIR=$2; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "nightly.sh: unknown argument '$1' (see --help)" >&2; exit 64 ;;
   esac
   shift
 done
-case "$GPUS" in all|[1-8]) ;; *) echo "nightly.sh: --gpus '$GPUS': the GPUs to shard the tiers over, 1 to 8 or all (every GPU this runner shows). Fix: e.g. --gpus 2" >&2; exit 64 ;; esac
+if [ "$GPUS_FROM" = --gpus ]; then SAID="--gpus '$GPUS'"; else SAID="NIGHTLY_GPUS='$GPUS'"; fi
+case "$GPUS" in all|[1-8]) ;; *) echo "nightly.sh: $SAID: the GPUs to shard the tiers over, 1 to 8 or all (every GPU this runner shows). Fix: e.g. --gpus 2" >&2; exit 64 ;; esac
 OUT_DIR=${OUT_DIR:-runs/nightly/$DATE}
 mkdir -p "$OUT_DIR"/records "$OUT_DIR"/plots "$OUT_DIR"/explain
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -95,7 +100,11 @@ from fluxperf.env import gpu_info, gpu_slug
 info = gpu_info()
 print(torch.__version__, info["slug"] if info else gpu_slug(None), torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo "not-importable cpu 0")
 log "torch under test: $TORCH_NOW (GPU $SLUG)"
-if [ "$GPUS" = all ]; then GPUS=$(( VISIBLE > 8 ? 8 : (VISIBLE < 1 ? 1 : VISIBLE) )); fi
+if [ "$GPUS" = all ]; then GPUS=$(( VISIBLE > 8 ? 8 : (VISIBLE < 1 ? 1 : VISIBLE) ))
+elif [ "$GPUS" -gt "$(( VISIBLE < 1 ? 1 : VISIBLE ))" ]; then
+  log "refused: ${SAID//\'/} but this runner shows $VISIBLE GPU(s) (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}). Fix: --gpus all, or at most $(( VISIBLE < 1 ? 1 : VISIBLE ))"
+  exit 64
+fi
 log "tiers sharded over $GPUS GPU(s) (this runner shows $VISIBLE)"
 NOTES+=("torch under test: $TORCH_NOW (GPU $SLUG)")
 BASELINE_DIR=${FLUXPERF_BASELINES:-baselines}/$SLUG
