@@ -22,7 +22,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe) if dataclasses.is
 SURFACE = {
     "": {"name", "dtype", "fuse_qkv", "channels_last", *SECTIONS},
     "attention": {"backend", "fp8_scaling", "fallback"},
-    "quantize": {"kind", "granularity"},
+    "quantize": {"kind", "granularity", "activation_scale", "calibration_calls"},
     "inductor_flags": {"enabled", "conv_1x1_as_mm", "epilogue_fusion", "coordinate_descent_tuning",
                        "coordinate_descent_check_all_directions"},
     "compile": {"enabled", "scope", "mode", "fullgraph", "dynamic", "vae"},
