@@ -90,3 +90,20 @@ def test_static_scale_recipes_are_validated_field_by_field(section, message):
 def test_static_float8_cannot_be_exported_yet():
     with pytest.raises(RecipeError, match="export.enabled=True with quantize.activation_scale='static'"):
         recipe_from({"base": "export", "quantize": {"activation_scale": "static"}})
+
+
+def test_static_float8_blocks_trace_fullgraph(tiny_pipe_factory):
+    """The rungs compile regionally with fullgraph=True: torchao's PrototypeFloat8Tensor weights must trace without
+    a graph break through every block (dynamo's eager backend: the graphs, not Inductor), giving the eager output."""
+    from fluxperf.steps.float8_static import calibration_run, quantize_float8_static
+
+    pipe = tiny_pipe_factory("schnell", dtype="bfloat16", text_encoders=False)
+    quantize_float8_static(pipe.transformer, STATIC, calibration_run(pipe, SPEC, STATIC.calibration_calls))
+    want = _forward(pipe)
+    torch._dynamo.reset()
+    try:
+        for block in [*pipe.transformer.transformer_blocks, *pipe.transformer.single_transformer_blocks]:
+            block.compile(fullgraph=True, backend="eager")
+        assert torch.equal(_forward(pipe), want)
+    finally:
+        torch._dynamo.reset()
