@@ -44,6 +44,8 @@ _EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
     # H200 step, 100.8 ms): row-wise scales, and static activation scales (fluxperf.steps.float8_static)
     "float8_only_row": ("float8_only", {"quantize": {"granularity": "row"}}),
     "float8_static": ("float8_only", {"quantize": {"activation_scale": "static"}}),
+    # ... and Inductor's GEMM autotuning (Triton templates against cuBLAS for each scaled-mm shape), still regional
+    "float8_autotune": ("float8_only", {"compile": {"mode": "max-autotune-no-cudagraphs"}}),
     "full_cudnn": ("flags", {"attention": {"backend": "cudnn"}}),
     "cache_dit": ("flags", {"cache_dit": {"enabled": True}}),
     "cache_dit_f8b0": ("flags", {"cache_dit": {"enabled": True, "Fn": 8, "Bn": 0}}),

@@ -32,6 +32,7 @@ RUNG_GROUPS = {
     "float8_only": "speed",
     "float8_only_row": "speed",
     "float8_static": "speed",
+    "float8_autotune": "speed",
 }
 
 
