@@ -46,6 +46,8 @@ _EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
     "float8_static": ("float8_only", {"quantize": {"activation_scale": "static"}}),
     # ... and Inductor's GEMM autotuning (Triton templates against cuBLAS for each scaled-mm shape), still regional
     "float8_autotune": ("float8_only", {"compile": {"mode": "max-autotune-no-cudagraphs"}}),
+    # ... and the whole transformer call replayed as one CUDA graph (fluxperf.steps.compile_graph: launch gaps)
+    "float8_graph": ("float8_only", {"compile": {"cuda_graph": True}}),
     "full_cudnn": ("flags", {"attention": {"backend": "cudnn"}}),
     "cache_dit": ("flags", {"cache_dit": {"enabled": True}}),
     "cache_dit_f8b0": ("flags", {"cache_dit": {"enabled": True, "Fn": 8, "Bn": 0}}),

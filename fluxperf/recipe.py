@@ -156,6 +156,9 @@ class CompileConfig(_StepConfig):
         fullgraph: refuse graph breaks.
         dynamic: torch.compile's dynamic shapes.
         vae: also compile the VAE decoder.
+        cuda_graph: replay each whole transformer call as one CUDA graph (fluxperf.steps.compile_graph: fluxperf's
+            CudaGraphRunner around the compiled call, keyed on every input's signature, re-captured when weights
+            are replaced; not Inductor's CUDA graph trees, refused in recipe_rules). CUDA only.
     """
 
     SECTION: ClassVar[str] = "compile"
@@ -165,6 +168,7 @@ class CompileConfig(_StepConfig):
     fullgraph: bool = checked(True)
     dynamic: bool = checked(False)
     vae: bool = checked(True)
+    cuda_graph: bool = checked(False)
 
 
 @dataclass(frozen=True)

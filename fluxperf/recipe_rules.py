@@ -51,6 +51,23 @@ def _rule_export_no_static_float8(r: RecipeLike) -> None:
         )
 
 
+def _rule_cuda_graph(r: RecipeLike) -> None:
+    if not r.compile.cuda_graph:
+        return
+    if not r.compile.enabled:
+        raise RecipeError("compile.cuda_graph=True with compile.enabled=False: the CUDA graph replays the compiled "
+                          "transformer call. Fix: enable compile, or set cuda_graph=False (export has its own "
+                          "export.cudagraphs).")
+    cache = _active_cache(r)
+    if cache:
+        raise RecipeError(f"compile.cuda_graph=True with {cache}.enabled=True: the cache decides in Python per step "
+                          "which blocks run, but a replayed graph always runs what it captured. Fix: disable one.")
+    if r.parallel.enabled:
+        raise RecipeError("compile.cuda_graph=True with parallel.enabled=True: capturing NCCL collectives in the "
+                          "graph has not been built or measured here. Fix: set cuda_graph=False for the parallel "
+                          "rungs.")
+
+
 def _rule_one_cache(r: RecipeLike) -> None:
     if r.cache_dit.enabled and r.first_block_cache.enabled:
         raise RecipeError(
@@ -188,6 +205,7 @@ COMBINATION_RULES = (
     _rule_flags_need_compiler,
     _rule_export_replaces_compile,
     _rule_export_no_static_float8,
+    _rule_cuda_graph,
     _rule_export_no_caching,
     _rule_one_cache,
     _rule_cache_no_cudagraphs,

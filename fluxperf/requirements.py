@@ -192,8 +192,24 @@ def _parallel_needs(recipe: Recipe) -> tuple[Need, ...]:
     return (Need("hardware", f"gpus{cfg.world_size}", "parallel", setting, check),)
 
 
+def _compile_needs(recipe: Recipe) -> tuple[Need, ...]:
+    if not recipe.compile.cuda_graph:
+        return ()
+    return (Need("hardware", "cuda", "compile", "compile.cuda_graph=True", _cuda_graph_check),)
+
+
+def _cuda_graph_check(device) -> UnavailableError | None:
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_available():
+        return None
+    return UnavailableError("CUDA graphs", f"the pipeline would run on {device.type}, and compile.cuda_graph records "
+                            "CUDA graphs", "run on a CUDA machine, or set compile.cuda_graph=False")
+
+
 _STAGE_NEEDS: dict[str, Callable[[Recipe], tuple[Need, ...]]] = {
     "attention": _attention_needs,
+    "compile": _compile_needs,
     "quantize": _quantize_needs,
     "cache_dit": _cache_dit_needs,
     "export": _export_needs,

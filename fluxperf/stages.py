@@ -261,6 +261,11 @@ def _stage_compile(ctx: Context) -> dict:
     report = compile_transformer(ctx.pipe.transformer, cfg, flags, watch=ctx.compile_watch)
     if cfg.vae:
         report.update(compile_vae_decoder(ctx.pipe.vae, cfg, flags, watch=ctx.compile_watch))
+    if cfg.cuda_graph:  # after compile: it records the compiled call (undone with it, through the memo below)
+        from fluxperf.steps.compile_graph import check_cuda, install_cuda_graph
+
+        check_cuda(ctx.pipe.transformer)
+        report["cuda_graph"] = install_cuda_graph(ctx.pipe.transformer)
     ctx.memo = [(weakref.ref(m), old) for m, old in before if m._compiled_call_impl is not old]
     return report
 

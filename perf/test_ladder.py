@@ -33,6 +33,7 @@ RUNG_GROUPS = {
     "float8_only_row": "speed",
     "float8_static": "speed",
     "float8_autotune": "speed",
+    "float8_graph": "speed",
 }
 
 

@@ -25,7 +25,7 @@ SURFACE = {
     "quantize": {"kind", "granularity", "activation_scale", "calibration_calls"},
     "inductor_flags": {"enabled", "conv_1x1_as_mm", "epilogue_fusion", "coordinate_descent_tuning",
                        "coordinate_descent_check_all_directions"},
-    "compile": {"enabled", "scope", "mode", "fullgraph", "dynamic", "vae"},
+    "compile": {"enabled", "scope", "mode", "fullgraph", "dynamic", "vae", "cuda_graph"},
     "export": {"enabled", "cudagraphs", "vae", "cache_dir"},
     "cache_dit": {"enabled", "Fn", "Bn", "residual_diff_threshold", "max_warmup_steps", "max_cached_steps",
                   "max_continuous_cached_steps"},

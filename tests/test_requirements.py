@@ -32,7 +32,7 @@ OLD_NUMERICS_NEEDS = {"compile": [], "fused_qkv": [], "channels_last": [], "fa3_
 # rungs added since (issue 15): what each needs, written out here as the hand lists were
 OLD_NUMERICS_NEEDS |= {"fp16": [], "fa2": [], "int8": ["torchao"], "compile_faithful": ["fa3", "torchao"],
                        "float8_only_row": ["torchao"], "float8_static": ["torchao"],
-                       "float8_autotune": ["torchao"]}  # issue 17's float8 levers
+                       "float8_autotune": ["torchao"], "float8_graph": ["torchao"]}  # issue 17's float8 levers
 
 
 def old_require_rung_needs(recipe) -> tuple[set[str], bool]:

@@ -52,8 +52,8 @@ GROUPS = {
     "compile_faithful": "flux-fast's compile (whole model, max-autotune without CUDA graphs, fullgraph) on the flags "
                         "stack; compare with step[flags]",
     "speed": "issue 17's float8 GEMM levers: float8_only (compile + torchao float8, cuDNN SDPA) against the same "
-             "stack with row-wise scales (float8_only_row), static calibrated activation scales (float8_static) and "
-             "Inductor's GEMM autotuning (float8_autotune)",
+             "stack with row-wise scales (float8_only_row), static calibrated activation scales (float8_static), "
+             "Inductor's GEMM autotuning (float8_autotune) and a whole-call CUDA graph (float8_graph)",
     "parallel": "context-parallel rungs' transformer step and cp2_ulysses's FLUX.1-dev 28-step image on 2 GPUs (one "
                 "process per GPU, NCCL) and the single-GPU compile/bf16 steps and image they scale from (needs "
                 "perf-tier.sh --gpus 2: FLUXPERF_GPU_COUNT=2)",

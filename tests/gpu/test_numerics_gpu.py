@@ -20,7 +20,8 @@ from fluxperf.measure.runner import free_gpu
 pytestmark = [pytest.mark.gpu, pytest.mark.numerics]
 
 RUNGS = ["compile", "fused_qkv", "channels_last", "fa3_fp8", "float8", "fp16", "fa2", "int8", "compile_faithful",
-         "float8_only_row", "float8_static", "float8_autotune"]
+         "float8_only_row", "float8_static", "float8_autotune",
+         "float8_graph"]
 SLOW = {"compile_faithful"}  # whole-model max-autotune: a cold compile of minutes
 FULL_TRANSFORMER_BLOCKS = 19 + 38
 
