@@ -160,6 +160,21 @@ def recipe_marks(name_or_recipe, *, check: bool = False) -> tuple[list, str | No
 
 
 @pytest.fixture
+def eager_backend(monkeypatch):
+    """Compile through apply() with dynamo's eager backend (the graphs, not Inductor: fast on CPU); dynamo's caches
+    are reset before and after."""
+    import torch
+
+    from fluxperf.steps import compile as fcompile
+
+    real = fcompile.compile_options
+    monkeypatch.setattr(fcompile, "compile_options", lambda cfg, flags: {**real(cfg, flags), "backend": "eager"})
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
 def no_model_build(monkeypatch):
     """Any model build, ladder run or live profile fails the test: a refusal of bad input must come before them."""
 

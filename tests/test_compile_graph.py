@@ -13,18 +13,8 @@ from fluxperf.apply import apply, remove
 from fluxperf.errors import RecipeError, UnavailableError
 from fluxperf.ladder import recipe_from
 from fluxperf.requirements import missing
-from fluxperf.steps import compile as fcompile
 from fluxperf.steps.compile_graph import graphed, install_cuda_graph
 from fluxperf.steps.export.cudagraph import EagerReplayBackend
-
-
-@pytest.fixture
-def eager_backend(monkeypatch):
-    real = fcompile.compile_options
-    monkeypatch.setattr(fcompile, "compile_options", lambda cfg, flags: {**real(cfg, flags), "backend": "eager"})
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def _image(pipe, steps=2, height=64):

@@ -28,16 +28,6 @@ def _compared(i: int, n: int) -> bool:
     return i < 2 or i >= n - 2
 
 
-@pytest.fixture
-def eager_backend(monkeypatch):
-    """Compile through apply() with dynamo's eager backend; dynamo's caches are reset before and after."""
-    real = fcompile.compile_options
-    monkeypatch.setattr(fcompile, "compile_options", lambda cfg, flags: {**real(cfg, flags), "backend": "eager"})
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _schnell(tiny_pipe_factory):
     pipe = tiny_pipe_factory("schnell", text_encoders=False)
     g = torch.Generator().manual_seed(0)
