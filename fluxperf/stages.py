@@ -254,18 +254,24 @@ def _stage_compile(ctx: Context) -> dict:
     from fluxperf.steps.compile_watch import CompileWatch
 
     cfg, flags = ctx.recipe.compile, ctx.recipe.inductor_flags.options()
+    if cfg.cuda_graph:  # refused before anything is compiled
+        from fluxperf.steps.compile_graph import check_cuda, install_cuda_graph
+
+        check_cuda(ctx.pipe.transformer)
     # nn.Module.compile (and CompileWatch.guard) set `_compiled_call_impl`: remember each module's previous one
     modules = [*ctx.pipe.transformer.modules(), *(ctx.pipe.vae.decoder.modules() if cfg.vae else ())]
     before = [(m, m._compiled_call_impl) for m in modules]
     ctx.compile_watch = CompileWatch()
-    report = compile_transformer(ctx.pipe.transformer, cfg, flags, watch=ctx.compile_watch)
-    if cfg.vae:
-        report.update(compile_vae_decoder(ctx.pipe.vae, cfg, flags, watch=ctx.compile_watch))
-    if cfg.cuda_graph:  # after compile: it records the compiled call (undone with it, through the memo below)
-        from fluxperf.steps.compile_graph import check_cuda, install_cuda_graph
-
-        check_cuda(ctx.pipe.transformer)
-        report["cuda_graph"] = install_cuda_graph(ctx.pipe.transformer)
+    try:
+        report = compile_transformer(ctx.pipe.transformer, cfg, flags, watch=ctx.compile_watch)
+        if cfg.vae:
+            report.update(compile_vae_decoder(ctx.pipe.vae, cfg, flags, watch=ctx.compile_watch))
+        if cfg.cuda_graph:  # after compile: it records the compiled call (undone with it, through the memo below)
+            report["cuda_graph"] = install_cuda_graph(ctx.pipe.transformer)
+    except BaseException:  # a failed stage is not in the applied stack: leave nothing of it behind
+        for module, previous in before:
+            module._compiled_call_impl = previous
+        raise
     ctx.memo = [(weakref.ref(m), old) for m, old in before if m._compiled_call_impl is not old]
     return report
 

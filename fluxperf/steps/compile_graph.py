@@ -13,8 +13,10 @@ the call that was there, the compiled module's own (scope "whole") or the plain 
 (scope "regional"), so the graph holds the compiled kernels and no Python runs on a replay. Weights replaced after
 apply() (a LoRA load, load_state_dict(assign=True), param.data = ...) would leave the graphs reading the old
 tensors: before every call a WeightsGuard (fluxperf.steps.export.weights) compares the parameters and buffers with
-the recorded ones (~1 µs per tensor on the host) and drops every graph on a change, so the next call re-captures
-(`recaptures` counts it).
+the recorded ones (~1 µs per tensor on the host), and `structure_fingerprint` the module tree, hooks and attention
+processors (a LoRA hook, a swapped activation, set_processor); a change drops every graph, so the next call
+re-captures (`recaptures` counts it). A call with gradients enabled and an input or parameter that requires grad is
+refused: the graphs are inference only (pipelines call under no_grad).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fluxperf.errors import UnavailableError
+from fluxperf.errors import FluxperfError, UnavailableError
 from fluxperf.steps.export.cudagraph import CudaGraphRunner
 from fluxperf.steps.export.weights import WeightsGuard
 
@@ -46,16 +48,44 @@ class GraphedCall:
     def _watch(self) -> None:
         names = [n for n, _ in self.module.named_parameters()] + [n for n, _ in self.module.named_buffers()]
         self.guard = WeightsGuard(None, self.module, names, "user")
+        self.structure = structure_fingerprint(self.module)
 
     def __call__(self, *args, **kwargs):
-        if self.guard.swapped_modules() or self.guard.changed():
+        import torch
+
+        if torch.is_grad_enabled() and self._wants_grad(args, kwargs):
+            raise FluxperfError(
+                "compile.cuda_graph: the transformer was called with gradients enabled and an input or parameter "
+                "that requires grad, but its CUDA graphs are recorded for inference (a replay builds no autograd "
+                "graph). Fix: call it under torch.no_grad() or torch.inference_mode() (diffusers pipelines do), or "
+                "apply without compile.cuda_graph to train.")
+        if self.guard.swapped_modules() or self.guard.changed() or structure_fingerprint(self.module) != self.structure:
             self.runner.clear()
             self._watch()
             self.recaptures += 1
         return self.runner(*args, **kwargs)
 
+    def _wants_grad(self, args, kwargs) -> bool:
+        import torch
+
+        inputs = [*args, *kwargs.values()]
+        return (any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs)
+                or any(p.requires_grad for p in self.module.parameters()))
+
     def report(self) -> dict:
         return {**self.runner.stats.__dict__, "recaptures": self.recaptures, "max_graphs": self.runner.max_graphs}
+
+
+def structure_fingerprint(module) -> tuple:
+    """What a replayed graph silently assumes besides the weights: every submodule's identity and children, its
+    forward hooks (and pre-hooks) and attention processor, and the global module hooks. A LoRA hook, a swapped
+    activation or a new processor after capture changes it (weights are WeightsGuard's). ~1 µs per module."""
+    from torch.nn.modules import module as nn_module
+
+    globals_ = (tuple(nn_module._global_forward_hooks), tuple(nn_module._global_forward_pre_hooks))
+    return globals_ + tuple(
+        (id(m), tuple(map(id, m._modules.values())), tuple(m._forward_hooks), tuple(m._forward_pre_hooks),
+         id(m.__dict__.get("processor"))) for m in module.modules())
 
 
 def check_cuda(module) -> None:
@@ -77,8 +107,16 @@ def install_cuda_graph(module, *, backend=None, max_graphs: int = MAX_GRAPHS) ->
         max_graphs: input signatures kept.
     Returns:
         the stage report: {"cuda_graph": True, "max_graphs": ..., "records": "the whole transformer call"}.
+    Raises:
+        FluxperfError: a GraphedCall is installed already; UnavailableError: no backend given and `module` is not
+            on a CUDA device.
     """
     previous = module._compiled_call_impl
+    if isinstance(previous, GraphedCall):
+        raise FluxperfError("install_cuda_graph: this transformer's calls already replay CUDA graphs (one GraphedCall "
+                            "is installed). Fix: use it as it is, or remove(pipe) / reset _compiled_call_impl first.")
+    if backend is None:
+        check_cuda(module)  # the default backend records CUDA graphs
     call = previous if previous is not None else module._call_impl
     module._compiled_call_impl = GraphedCall(module, call, backend=backend, max_graphs=max_graphs)
     return {"cuda_graph": True, "max_graphs": max_graphs, "records": "the whole transformer call"}

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import OrderedDict
 from collections.abc import Callable
@@ -348,7 +349,12 @@ def _clone_tensors(tree):
 def _rebuild(tree, fn):
     """Apply fn to the children of a list/tuple/namedtuple/dict, keeping its type."""
     if isinstance(tree, dict):
-        return type(tree)((k, fn(v)) for k, v in tree.items()) if type(tree) is not dict else {k: fn(v) for k, v in tree.items()}
+        items = {k: fn(v) for k, v in tree.items()}
+        if type(tree) is dict:
+            return items
+        if dataclasses.is_dataclass(tree):  # diffusers' BaseOutput (e.g. Transformer2DModelOutput): a dataclass dict
+            return type(tree)(**items)
+        return type(tree)(items)
     items = [fn(v) for v in tree]
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # namedtuple
         return type(tree)(*items)
