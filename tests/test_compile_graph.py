@@ -92,3 +92,26 @@ def test_cuda_graph_is_refused_on_cpu_before_and_at_apply(tiny_pipe_factory):
     assert line.startswith("compile.cuda_graph=True: CUDA graphs is not available") and "Fix:" in line
     with pytest.raises(UnavailableError, match="CUDA graphs"):
         apply(tiny_pipe_factory("schnell", text_encoders=False), {**recipe, "dtype": "float32"})
+
+
+def test_the_runner_serves_inference_mode_and_no_grad_callers_alike():
+    """The numerics tier calls the transformer under torch.inference_mode(), pipelines under no_grad: inference
+    tensors have no version counter (the runner's mutation check raised "Inference tensors do not track version
+    counter") and could not be refilled by a no_grad caller. Mutated inputs still reach the caller, in its mode."""
+    from fluxperf.steps.export.cudagraph import CudaGraphRunner
+
+    lin = torch.nn.Linear(8, 8)
+
+    def step(x, latents):
+        latents.add_(1.0)
+        return lin(x)
+
+    run = CudaGraphRunner(step, backend=EagerReplayBackend())
+    x = torch.randn(2, 8)
+    for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with mode():
+            latents = torch.zeros(3)
+            out = run(x.clone(), latents)
+            torch.testing.assert_close(out, lin(x))
+            assert latents.tolist() == [1.0, 1.0, 1.0] and out.is_inference() == (mode is torch.inference_mode)
+    assert run.stats.recorded == 1 and run.stats.replays == 3

@@ -279,7 +279,10 @@ class CudaGraphRunner:
 
         key = signature_key(args, kwargs)
         given = _tensors((args, kwargs))
-        with torch.no_grad():
+        # the static buffers are normal tensors whatever the caller's mode: inference tensors (torch.inference_mode,
+        # which the numerics tier uses) have no version counter to detect mutated inputs with, and could not be
+        # refilled by a later no_grad caller; reading the caller's inference tensors from here is allowed
+        with torch.inference_mode(False), torch.no_grad():
             entry = self._graphs.get(key)
             if entry is None:
                 entry = self._record(key, args, kwargs)
@@ -290,6 +293,7 @@ class CudaGraphRunner:
                 static.copy_(tensor)
             self.backend.replay(entry.handle)
             self._replays += 1
+        with torch.no_grad():  # back in the caller's inference mode: its tensors and the returned copies are its own
             for i in entry.mutated:  # in-place updates reach the caller, as in eager
                 given[i].copy_(entry.static_inputs[i])
             return _clone_tensors(entry.outputs)
