@@ -96,12 +96,12 @@ def quantize_float8_static(module, cfg: QuantizeConfig, calibrate: Callable[[], 
     import torch
 
     from fluxperf.steps.quantize import (
-        _float8_names,
-        _report,
-        _runnable_filter,
+        float8_names,
         float8_shape_reason,
         linear_names,
+        quantize_report,
         refuse_quantized,
+        runnable_filter,
     )
 
     torchao = require("torchao")
@@ -109,7 +109,7 @@ def quantize_float8_static(module, cfg: QuantizeConfig, calibrate: Callable[[], 
     from torchao.quantization import Float8StaticActivationFloat8WeightConfig, FqnToConfig, PerTensor, quantize_
 
     names, reasons = linear_names(module), {}
-    keep = _runnable_filter("float8_static", "tensor", reasons,
+    keep = runnable_filter("float8_static", "tensor", reasons,
                             lambda m: float8_shape_reason(m.in_features, m.out_features, "tensor"))
     runnable = {n for n, m in module.named_modules() if n in set(names) and keep(m, n)}
     seen = record_input_amax(module, runnable, calibrate)
@@ -135,7 +135,7 @@ def quantize_float8_static(module, cfg: QuantizeConfig, calibrate: Callable[[], 
         for name, scale in scales.items()}
     if configs:
         quantize_(module, FqnToConfig(fqn_to_config=configs), filter_fn=None)
-    report = _report(torchao, cfg, names, _float8_names(module), reasons)
+    report = quantize_report(torchao, cfg, names, float8_names(module), reasons)
     values = sorted(scales.values())
     report.update(activation_scale="static", calibration_calls=cfg.calibration_calls,
                   scale_stats={"min": values[0], "median": statistics.median(values), "max": values[-1]}

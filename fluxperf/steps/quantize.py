@@ -248,9 +248,9 @@ def quantize_int8(module, cfg: QuantizeConfig) -> dict:
         return (int8_rows_reason(fqn_of.get(id(linear)) in per_sample, device_type)
                 or int8_shape_reason(linear.in_features, linear.out_features, device_type))
 
-    quantize_(module, int8_config(cfg.granularity), filter_fn=_runnable_filter("int8", cfg.granularity, reasons, rule))
+    quantize_(module, int8_config(cfg.granularity), filter_fn=runnable_filter("int8", cfg.granularity, reasons, rule))
     converted = _names_with_weight(module, Int8Tensor)
-    return _report(torchao, cfg, names, converted, reasons)
+    return quantize_report(torchao, cfg, names, converted, reasons)
 
 
 def quantize_float8(module, cfg: QuantizeConfig) -> dict:
@@ -276,13 +276,13 @@ def quantize_float8(module, cfg: QuantizeConfig) -> dict:
     from fluxperf.faults import active
 
     if not active("skip_float8"):  # the fault exists to prove the engagement guard catches a silent skip
-        quantize_(module, config, filter_fn=_runnable_filter(
+        quantize_(module, config, filter_fn=runnable_filter(
             "float8", cfg.granularity, reasons,
             lambda m: float8_shape_reason(m.in_features, m.out_features, cfg.granularity)))
-    return _report(torchao, cfg, names, _float8_names(module), reasons)
+    return quantize_report(torchao, cfg, names, float8_names(module), reasons)
 
 
-def _report(torchao, cfg: QuantizeConfig, names: list[str], converted: set[str], reasons: dict) -> dict:
+def quantize_report(torchao, cfg: QuantizeConfig, names: list[str], converted: set[str], reasons: dict) -> dict:
     skipped = [n for n in names if n not in converted]
     return {
         "torchao": getattr(torchao, "__version__", None),
@@ -319,7 +319,7 @@ def refuse_quantized(module) -> None:
             "once. Fix: quantize a freshly built model (fluxperf.remove cannot undo quantization).")
 
 
-def _runnable_filter(kind: str, granularity: str, reasons: dict, shape_reason):
+def runnable_filter(kind: str, granularity: str, reasons: dict, shape_reason):
     """quantize_'s filter_fn: a Linear passes if `shape_reason(linear)` (the kind's shape rule) and the probe say
     its `kind` forward runs; the reason of every refusal is recorded in `reasons` (fqn -> why)."""
     import torch
@@ -335,7 +335,7 @@ def _runnable_filter(kind: str, granularity: str, reasons: dict, shape_reason):
     return keep
 
 
-def _float8_names(module) -> set[str]:
+def float8_names(module) -> set[str]:
     return _names_with_weight(module, _float8_tensor_class())
 
 
